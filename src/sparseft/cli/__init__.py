@@ -1,0 +1,1 @@
+"""Command line: `sparseft <verb>`; verbs mirror the recipe stages (train, eval, run, demo)."""

@@ -1,0 +1,43 @@
+"""`sparseft` entry point: one sub-command per module in COMMANDS, each with --help.
+
+Each command module exposes `add_parser(subparsers)` that registers its verb and sets
+`func(args) -> int`. User errors (bad file, bad config value) print one clear line and exit 2,
+not a traceback; `SPARSEFT_DEBUG=1` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sparseft import __version__
+from sparseft.cli import demo, eval_cmd, run_cmd, train_cmd
+
+COMMANDS = (train_cmd, eval_cmd, run_cmd, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparseft", description="Sparse fine-tuning and sparse compression of transformer models.")
+    parser.add_argument("--version", action="version", version=f"sparseft {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        if os.environ.get("SPARSEFT_DEBUG"):
+            raise
+        print(f"sparseft {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

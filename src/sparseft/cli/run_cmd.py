@@ -1,0 +1,30 @@
+"""`sparseft run recipe.yaml key=value ...`: run a YAML recipe of stages."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a YAML recipe of stages",
+                       description="Run RECIPE (YAML). Overrides use dotted keys: seed=1, "
+                                   "data.train_limit=2000, stages.finetune.lr=1e-4.")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied before validation")
+    p.add_argument("--list-stages", action="store_true", help="list the registered stage methods and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparseft.config.recipe import load_recipe
+    from sparseft.pipeline import run as run_recipe
+
+    if args.list_stages:
+        import sparseft.methods  # noqa: F401
+        from sparseft.registry import REGISTRY
+
+        for m in REGISTRY.methods("stage"):
+            print(f"{m.name:12s} {m.config_cls.__name__:20s} {m.description}")
+        return 0
+    run_recipe(load_recipe(args.recipe, args.overrides))
+    return 0

@@ -1,0 +1,1 @@
+"""Demo helpers for the quickstart: small synthetic data sets that need no download."""

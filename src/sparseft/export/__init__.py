@@ -1,0 +1,1 @@
+"""Export: model artifacts (save_pretrained folders plus the configs that produced them)."""

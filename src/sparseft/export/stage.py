@@ -1,0 +1,30 @@
+"""Recipe stage `save`: write the current model as a save_pretrained folder plus its configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sparseft.config.base import BaseConfig
+from sparseft.export.save import save_artifact
+from sparseft.registry import register_method
+from sparseft.utils.io import dir_size_bytes
+
+
+@dataclass
+class SaveConfig(BaseConfig):
+    """Args:
+        path: target folder (default <run dir>/model).
+    """
+
+    path: str = ""
+
+
+def save_stage(ctx, cfg: SaveConfig, name: str) -> None:
+    path = cfg.path or str(ctx.output_dir / "model")
+    save_artifact(ctx.model, ctx.tokenizer, path, configs={"data": ctx.recipe.data},
+                  recipe_yaml=ctx.recipe.to_yaml())
+    ctx.report.log(name, {"path": path, "size_mb": dir_size_bytes(path) / 2**20})
+
+
+register_method(kind="stage", name="save", config_cls=SaveConfig, apply_fn=save_stage,
+                description="save_pretrained folder + configs")

@@ -1,0 +1,1 @@
+"""Loading: models (HF hub ids, local folders, embedded aliases) and data (readers + tokenization)."""

@@ -1,0 +1,169 @@
+"""Task data: read records from files, hold out an eval slice if needed, tokenize once.
+
+`DataConfig` says where the data is and how to read it; `build_task_data(cfg, tokenizer)` returns
+a `TaskData` with tokenized train/eval features, the label list and the eval records (kept for
+entity-level scoring). Readers live in `readers.py`, tokenization in `tokenize.py`.
+
+Subsets for sweeps are fixed and stated: `train_limit=N` keeps the first N training records in
+file order (after any held-out split), so everyone who reruns a benchmark trains on the same data.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from sparseft.config.base import BaseConfig, known_config
+from sparseft.load import readers
+from sparseft.load.readers import DataError
+from sparseft.load.tokenize import (cls_label_list, ner_label_list, tokenize_cls, tokenize_lm,
+                                    tokenize_ner)
+
+FORMATS = ("auto", "conll", "csv", "tsv", "jsonl", "clinc150", "text")
+
+
+@known_config
+@dataclass
+class DataConfig(BaseConfig):
+    """Where the task data lives and how to read it.
+
+    Args:
+        task: 'ner', 'cls' or 'lm'.
+        train: training file. eval: evaluation file; if empty, `eval_fraction` of train is held out.
+        format: one of FORMATS; 'auto' picks conll for ner, text for lm, and by extension for cls
+            ('.json' means a CLINC150-style file).
+        text_col / label_col / columns: classification columns (see readers.read_classification).
+        max_length: token limit per example (ner/cls); block_size: LM block length.
+        train_limit / eval_limit: keep only the first N records (fixed subsets for sweeps).
+    """
+
+    task: str = "ner"
+    train: str = ""
+    eval: str = ""
+    format: str = "auto"
+    text_col: str | list[str] = "text"
+    label_col: str = "label"
+    columns: list[str] | None = None
+    eval_fraction: float = 0.1
+    split_seed: int = 0
+    max_length: int = 128
+    block_size: int = 256
+    train_limit: int | None = None
+    eval_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in ("ner", "cls", "lm"):
+            raise ValueError(f"unknown task {self.task!r}; valid tasks: ner, cls, lm")
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown data format {self.format!r}; valid formats: {', '.join(FORMATS)}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        for name in ("max_length", "block_size"):
+            if getattr(self, name) < 8:
+                raise ValueError(f"{name} must be >= 8, got {getattr(self, name)}")
+        for name in ("train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive count or None, got {value}")
+
+
+@dataclass
+class TaskData:
+    task: str
+    labels: list[str]
+    train: list[dict]
+    eval: list[dict]
+    eval_records: list = field(default_factory=list)
+
+
+def _format_for(cfg: DataConfig, path: str) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    if cfg.task == "ner":
+        return "conll"
+    if cfg.task == "lm":
+        return "text"
+    suffix = Path(path).suffix.lower()
+    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "clinc150"}.get(suffix, "csv")
+
+
+def read_records(cfg: DataConfig, path: str, *, split: str = "train"):
+    """Read one file into records (ner/cls) or text (lm), per `cfg`."""
+    fmt = _format_for(cfg, path)
+    if fmt == "conll":
+        return readers.read_conll(path)
+    if fmt == "text":
+        return readers.read_text(path)
+    if fmt == "clinc150":
+        return readers.read_clinc150(path, split=split)
+    return readers.read_classification(path, text_col=cfg.text_col, label_col=cfg.label_col,
+                                       fmt=fmt, columns=cfg.columns)
+
+
+def split_records(records: Sequence, fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded shuffle, then the last `fraction` becomes the held-out slice (at least one record)."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(records) * fraction)))
+    if n_eval >= len(records):
+        raise DataError(f"cannot hold out {fraction:.0%} of {len(records)} records: too few")
+    keep, held = sorted(order[:-n_eval]), sorted(order[-n_eval:])
+    return [records[i] for i in keep], [records[i] for i in held]
+
+
+def load_split_records(cfg: DataConfig) -> tuple[list, list]:
+    """(train records, eval records) with held-out split and limits applied."""
+    if not cfg.train:
+        raise ValueError("DataConfig.train is empty: give a training file")
+    fmt = _format_for(cfg, cfg.train)
+    train = read_records(cfg, cfg.train, split="train")
+    if cfg.eval:
+        evals = read_records(cfg, cfg.eval, split="val" if fmt == "clinc150" else "train")
+    elif fmt == "clinc150":
+        evals = read_records(cfg, cfg.train, split="val")
+    elif cfg.task == "lm":
+        cut = int(len(train) * (1 - cfg.eval_fraction))
+        train, evals = train[:cut], train[cut:]
+    else:
+        train, evals = split_records(train, cfg.eval_fraction, cfg.split_seed)
+    if cfg.task != "lm":
+        if cfg.train_limit:
+            train = train[:cfg.train_limit]
+        if cfg.eval_limit:
+            evals = evals[:cfg.eval_limit]
+    return train, evals
+
+
+def build_task_data(cfg: DataConfig, tokenizer, labels: Sequence[str] | None = None) -> TaskData:
+    """Read, split and tokenize. `labels` fixes the label order (e.g. from a trained model)."""
+    train_recs, eval_recs = load_split_records(cfg)
+    if cfg.task == "lm":
+        train = tokenize_lm(train_recs, tokenizer, block_size=cfg.block_size)
+        evals = tokenize_lm(eval_recs, tokenizer, block_size=cfg.block_size)
+        if cfg.train_limit:
+            train = train[:cfg.train_limit]
+        if cfg.eval_limit:
+            evals = evals[:cfg.eval_limit]
+        return TaskData("lm", [], train, evals, [])
+    labels = list(labels) if labels else (ner_label_list(train_recs) if cfg.task == "ner"
+                                          else cls_label_list(train_recs))
+    label2id = {label: i for i, label in enumerate(labels)}
+    tok = tokenize_ner if cfg.task == "ner" else tokenize_cls
+    train = tok(train_recs, tokenizer, label2id, max_length=cfg.max_length)
+    evals = tok(eval_recs, tokenizer, label2id, max_length=cfg.max_length)
+    return TaskData(cfg.task, labels, train, evals, eval_recs)
+
+
+def build_eval_data(cfg: DataConfig, tokenizer, labels: Sequence[str], path: str) -> TaskData:
+    """Tokenize only an evaluation file against a trained model's labels (unknown labels error)."""
+    recs = read_records(cfg, path, split="val")
+    if cfg.task == "lm":
+        feats = tokenize_lm(recs, tokenizer, block_size=cfg.block_size)
+        return TaskData("lm", [], [], feats[:cfg.eval_limit] if cfg.eval_limit else feats, [])
+    if cfg.eval_limit:
+        recs = recs[:cfg.eval_limit]
+    label2id = {label: i for i, label in enumerate(labels)}
+    tok = tokenize_ner if cfg.task == "ner" else tokenize_cls
+    return TaskData(cfg.task, list(labels), [], tok(recs, tokenizer, label2id, max_length=cfg.max_length), recs)

@@ -1,0 +1,72 @@
+"""Run a recipe: load the model and data once, then walk the stages in order.
+
+A stage is a registered method of kind "stage": a config dataclass plus `apply(ctx, cfg)`.
+Stages share one `RunContext` (model, tokenizer, data, report, output folder) passed explicitly
+from stage to stage: there is no global session object.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparseft.config.recipe import Recipe
+from sparseft.load.data import TaskData
+from sparseft.report.card import Report
+from sparseft.utils.io import atomic_write_text
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    output_dir: Path
+    model: Any = None
+    tokenizer: Any = None
+    data: TaskData | None = None
+    report: Report = field(default_factory=Report)
+    state: dict[str, Any] = field(default_factory=dict)  # stage outputs other stages may read
+
+    @property
+    def pad_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
+
+def load_context(recipe: Recipe) -> RunContext:
+    """Tokenizer -> data (labels come from the training data) -> model with those labels."""
+    from accelerate.utils import set_seed
+
+    from sparseft.load.data import build_task_data
+    from sparseft.load.model import load_model, load_tokenizer
+
+    out = Path(recipe.output_dir)
+    ctx = RunContext(recipe=recipe, output_dir=out, report=Report(title=f"sparseft run: {out.name}"))
+    t0 = time.perf_counter()
+    ctx.tokenizer = load_tokenizer(recipe.model)
+    ctx.data = build_task_data(recipe.data, ctx.tokenizer)
+    set_seed(recipe.seed)  # before the model: new heads are initialised from the seed
+    ctx.model = load_model(recipe.model, recipe.data.task, labels=ctx.data.labels or None)
+    ctx.report.log("load", {"model": recipe.model, "task": recipe.data.task,
+                            "train_examples": len(ctx.data.train), "eval_examples": len(ctx.data.eval),
+                            "labels": len(ctx.data.labels), "seconds": time.perf_counter() - t0})
+    return ctx
+
+
+def run(recipe: Recipe, *, print_report: bool = True) -> RunContext:
+    """Run every stage of `recipe`; writes report.md / metrics.json into its output folder."""
+    from sparseft.methods import build_stage_config  # registers every stage
+
+    configs = [(s, build_stage_config(s, recipe)) for s in recipe.stages]  # validate all before work
+    ctx = load_context(recipe)
+    ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ctx.output_dir / "recipe.yaml", recipe.to_yaml())
+    for stage, (method, cfg) in zip(recipe.stages, (c for _, c in configs)):
+        t0 = time.perf_counter()
+        method.apply_fn(ctx, cfg, stage.name)
+        ctx.report.log(stage.name, {"method": stage.method, "stage_seconds": time.perf_counter() - t0})
+        ctx.report.write(ctx.output_dir)
+    if print_report:
+        print(ctx.report.render_text())
+    return ctx

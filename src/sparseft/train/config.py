@@ -1,0 +1,82 @@
+"""TrainConfig: every knob of the training loop, validated where it enters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sparseft.config.base import BaseConfig, known_config
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@known_config
+@dataclass
+class TrainConfig(BaseConfig):
+    """Args:
+        output_dir: where checkpoints, the JSONL log and the best weights go.
+        epochs: passes over the training data (ignored when max_steps is set).
+        max_steps: total optimizer steps; overrides epochs.
+        batch_size: examples per micro-batch per process. grad_accum: micro-batches per step.
+        lr, weight_decay, warmup_ratio: AdamW with linear warm-up then linear decay to 0.
+        max_grad_norm: clip the global gradient norm (None or 0 disables).
+        mixed_precision: 'auto' (bf16 on GPUs that support it, fp32 on CPU: bf16 autocast is ~20x
+            slower on CPUs without bf16 units), 'no', 'bf16' or 'fp16' (GPU only).
+        eval_every: 'epoch', 'never', or every N optimizer steps given as an int.
+        metric_for_best: metric key to select the best checkpoint ('auto': f1 / accuracy /
+            -perplexity by task); greater_is_better is inferred ('loss'/'perplexity' are minimised).
+        save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
+        resume: continue from output_dir/checkpoints/last when it exists.
+        seed: seeds data order (per epoch), dropout and new heads.
+    """
+
+    output_dir: str = "runs/train"
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "auto"
+    eval_every: str | int = "epoch"
+    metric_for_best: str = "auto"
+    load_best_at_end: bool = True
+    save_every: int = 0
+    resume: bool = True
+    log_every: int = 10
+    seed: int = 42
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 and not self.max_steps:
+            raise ValueError(f"epochs must be >= 1 (or set max_steps), got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+        if isinstance(self.eval_every, str) and self.eval_every not in ("epoch", "never"):
+            if self.eval_every.isdigit():
+                self.eval_every = int(self.eval_every)
+            else:
+                raise ValueError(f"eval_every must be 'epoch', 'never' or a step count, got {self.eval_every!r}")
+        if isinstance(self.eval_every, int) and self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1 steps, got {self.eval_every}")
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be >= 0, got {self.save_every}")
+
+
+def best_metric_for(task: str, metric: str) -> tuple[str, bool]:
+    """(metric key, greater_is_better) for a task; 'auto' picks the task's headline metric."""
+    if metric == "auto":
+        metric = {"ner": "f1", "cls": "accuracy", "lm": "perplexity"}.get(task, "loss")
+    lower = metric in ("loss", "perplexity") or metric.endswith(("_loss", "perplexity"))
+    return metric, not lower

@@ -1,0 +1,294 @@
+"""The training loop: one readable function on Accelerate (the only module that imports it).
+
+    for epoch:
+        for micro-batch in a (seed, epoch)-ordered loader:
+            loss = loss_fn(model, batch) / grad_accum   -> NaN/inf check -> backward
+            every grad_accum micro-batches:
+                clip -> optimizer.step() -> post_step hooks (mask enforcement) -> scheduler -> zero_grad
+                log / eval / checkpoint on schedule
+    load the best weights, return a TrainResult
+
+`post_step` hooks run right after `optimizer.step()`: that is where pruning masks are re-applied
+(`reapply_masks_`) or sparse fine-tuning drops and regrows entries. They are explicit arguments,
+not hooks hidden on modules. Distillation or other objectives come in through `loss_fn`.
+
+Multi-process: `accelerate launch` (or `torchrun`) runs this same function in each process; the
+loader is sharded by Accelerate, and every process runs the (cheap) evaluation on the whole eval
+set so that best-checkpoint decisions agree without extra communication.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sparseft.train.checkpoint import (LoopState, has_checkpoint, load_checkpoint, load_weights,
+                                       save_checkpoint, save_weights)
+from sparseft.train.config import TrainConfig
+from sparseft.train.schedules import linear_warmup_decay
+
+LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+PostStep = Callable[[torch.nn.Module, int], None]
+EvalFn = Callable[[torch.nn.Module], dict]
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss becomes NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_done: int
+    train_seconds: float
+    best_metric: float | None
+    best_step: int | None
+    metric_name: str
+    history: list[dict] = field(default_factory=list)
+    peak_memory_mb: float = 0.0
+    tokens_per_second: float = 0.0
+    seconds_per_step: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("mixed_precision='fp16' needs a GPU; use 'no' (or 'bf16' on CPUs with bf16 units)")
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+
+
+def default_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups over trainable parameters: no weight decay on biases and norm weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameters (all requires_grad=False)")
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def epoch_loader(data: Sequence[dict], cfg: TrainConfig, epoch: int, collate_fn) -> DataLoader:
+    """Data order is a pure function of (seed, epoch): a resumed run sees the same batches."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(data), generator=gen).tolist()
+    return DataLoader(data, batch_size=cfg.batch_size, sampler=order, collate_fn=collate_fn)
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, *, collate_fn,
+          eval_fn: EvalFn | None = None, metric: tuple[str, bool] = ("loss", False),
+          loss_fn: LossFn = default_loss, post_step: Sequence[PostStep] = (),
+          param_groups: list[dict] | None = None) -> TrainResult:
+    """Train `model` in place on tokenized `train_data` and return a TrainResult.
+
+    Args:
+        model: any torch module whose trainable parameters have requires_grad=True.
+        train_data: list of feature dicts (see sparseft.load.tokenize); collate_fn pads them.
+        eval_fn: model -> metrics dict; run per `cfg.eval_every`; selects the best checkpoint.
+        metric: (key in eval_fn's dict, greater_is_better), e.g. ("f1", True).
+        loss_fn: (model, batch) -> scalar loss; default `model(**batch).loss`.
+        post_step: callables (model, step) run right after each optimizer.step().
+        param_groups: optimizer groups; default AdamW groups over requires_grad parameters.
+
+    Example:
+        >>> result = train(model, data.train, TrainConfig(epochs=1), collate_fn=PadCollator(0))  # doctest: +SKIP
+    """
+    if len(train_data) == 0:
+        raise ValueError("no training examples")
+    accelerator = make_accelerator(cfg)
+    out = Path(cfg.output_dir)
+    log_path = out / "log.jsonl"
+    metric_name, greater = metric
+    is_main = accelerator.is_main_process
+
+    # ---- set-up: optimizer, schedule, optional resume -------------------------------------
+    set_seed(cfg.seed)
+    model.to(accelerator.device)
+    groups = param_groups if param_groups is not None else default_param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    n_proc = accelerator.num_processes
+    batches_per_epoch = math.ceil(math.ceil(len(train_data) / cfg.batch_size) / n_proc)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)  # a partial group still steps
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = linear_warmup_decay(optimizer, total_steps, int(cfg.warmup_ratio * total_steps))
+
+    state = LoopState()
+    if cfg.resume and has_checkpoint(out):
+        state, saved_cfg = load_checkpoint(out, model, optimizer, scheduler)
+        _warn_config_drift(saved_cfg, cfg, accelerator)
+        _truncate_log(log_path, state.step, is_main)
+        accelerator.print(f"resumed from {out}/checkpoints/last at step {state.step} (epoch {state.epoch})")
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    history: list[dict] = []
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
+               disable=not (cfg.progress and is_main), dynamic_ncols=True)
+    t_start, tokens_seen, step_times = time.perf_counter(), 0, []
+    running_loss, running_n = 0.0, 0
+    t_step = time.perf_counter()
+
+    # ---- the loop --------------------------------------------------------------------------
+    while state.step < total_steps and state.epoch < n_epochs:
+        model.train()
+        loader = accelerator.prepare_data_loader(epoch_loader(train_data, cfg, state.epoch, collate_fn),
+                                                 device_placement=True)
+        if state.batches_in_epoch:
+            loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = loss_fn(model, batch)
+                check = accelerator.reduce(loss.detach(), reduction="mean")
+                if not torch.isfinite(check):
+                    raise TrainingDiverged(
+                        f"loss is {check.item()} at step {state.step + 1} (epoch {state.epoch}); "
+                        f"try a lower learning rate (lr={cfg.lr}), a smaller max_grad_norm or "
+                        f"mixed_precision='no'")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    for hook in post_step:  # e.g. reapply_masks_: pruned weights stay exactly zero
+                        hook(accelerator.unwrap_model(model), state.step + 1)
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            running_loss += check.item()
+            running_n += 1
+            if "attention_mask" in batch:
+                tokens_seen += int(batch["attention_mask"].sum()) * n_proc
+            if not accelerator.sync_gradients:
+                continue
+
+            # ---- one optimizer step done: bookkeeping ----------------------------------------
+            state.step += 1
+            now = time.perf_counter()
+            step_times.append(now - t_step)
+            t_step = now
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == total_steps:
+                record = {"step": state.step, "epoch": state.epoch, "loss": running_loss / running_n,
+                          "lr": scheduler.get_last_lr()[0],
+                          "tokens_per_s": tokens_seen / max(1e-9, now - t_start)}
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                _append_log(log_path, record, is_main)
+                history.append(record)
+                running_loss, running_n = 0.0, 0
+            if isinstance(cfg.eval_every, int) and state.step % cfg.eval_every == 0:
+                _evaluate(model, eval_fn, state, metric_name, greater, out, history, accelerator)
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                _checkpoint(out, model, optimizer, scheduler, state, cfg, accelerator)
+            if state.step >= total_steps:
+                break
+        # ---- epoch end ------------------------------------------------------------------------
+        epoch_done = state.batches_in_epoch >= batches_per_epoch or state.step >= total_steps
+        if epoch_done:
+            if cfg.eval_every == "epoch":
+                _evaluate(model, eval_fn, state, metric_name, greater, out, history, accelerator)
+            state.epoch += 1
+            state.batches_in_epoch = 0
+            _checkpoint(out, model, optimizer, scheduler, state, cfg, accelerator)
+    bar.close()
+    train_seconds = time.perf_counter() - t_start
+
+    # ---- finish: best weights back into the model ---------------------------------------------
+    accelerator.wait_for_everyone()
+    raw = accelerator.unwrap_model(model)
+    if cfg.load_best_at_end and state.best_step is not None and (out / "best").exists():
+        load_weights(raw, out / "best")
+    steady = step_times[1:] or step_times
+    return TrainResult(
+        steps=state.step, epochs_done=state.epoch, train_seconds=train_seconds,
+        best_metric=state.best_metric, best_step=state.best_step, metric_name=metric_name,
+        history=history, peak_memory_mb=peak_memory_mb(),
+        tokens_per_second=tokens_seen / max(1e-9, train_seconds),
+        seconds_per_step=sorted(steady)[len(steady) // 2] if steady else 0.0)
+
+
+def _evaluate(model, eval_fn, state: LoopState, metric_name: str, greater: bool, out: Path,
+              history: list, accelerator: Accelerator) -> None:
+    """Evaluate, log, and save the weights if this is the best score so far."""
+    if eval_fn is None:
+        return
+    raw = accelerator.unwrap_model(model)
+    metrics = eval_fn(raw)
+    raw.train()
+    if metric_name not in metrics:
+        raise KeyError(f"eval metrics have no {metric_name!r}; available: {sorted(metrics)}")
+    value = float(metrics[metric_name])
+    better = state.best_metric is None or (value > state.best_metric if greater else value < state.best_metric)
+    if better:
+        state.best_metric, state.best_step = value, state.step
+        if accelerator.is_main_process:
+            save_weights(raw, out / "best")
+    record = {"step": state.step, "epoch": state.epoch, "eval": metrics, "best": better}
+    _append_log(out / "log.jsonl", record, accelerator.is_main_process)
+    history.append(record)
+    accelerator.print(f"eval step {state.step}: {metric_name}={value:.4f}" + (" (best)" if better else ""))
+    accelerator.wait_for_everyone()
+
+
+def _checkpoint(out: Path, model, optimizer, scheduler, state: LoopState, cfg: TrainConfig,
+                accelerator: Accelerator) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.to_dict())
+    accelerator.wait_for_everyone()
+
+
+def _append_log(path: Path, record: dict, is_main: bool) -> None:
+    if not is_main:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int, is_main: bool) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+    if not is_main or not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    from sparseft.utils.io import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+_RESUME_KEYS = ("batch_size", "grad_accum", "lr", "seed", "epochs", "max_steps", "warmup_ratio")
+
+
+def _warn_config_drift(saved: dict, cfg: TrainConfig, accelerator: Accelerator) -> None:
+    saved_data = saved.get("_data", saved)
+    changed = {k: (saved_data.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if saved_data.get(k) != getattr(cfg, k)}
+    if changed:
+        accelerator.print(f"warning: resuming with changed settings {changed}; the result will differ "
+                          f"from an uninterrupted run")
