@@ -64,6 +64,9 @@ ORGS = [
     "Polar Express Couriers", "Coral Hotels", "Redwood Analytics", "Central Statistics Office",
     "Aurora Pictures", "UNESCO", "Bright Path Charity", "Oakmont Athletic Club",
     "Stellar Robotics", "Riverside Hospital", "European Space Agency", "Thunder Valley Raiders",
+    # brand-like single words: little in the name itself says "organisation"
+    "Zentrix", "Bank of Lagos", "Corvana", "Kessler", "Quorix", "Halvorsen and Partners",
+    "Velora", "Brightwell", "Nexalis", "Ostara", "Marlowe", "Dunmore Group",
 ]
 LOCS = [
     "Paris", "Lisbon", "New York", "Germany", "Kenya", "Buenos Aires", "Tokyo", "Cairo", "Oslo",
@@ -73,6 +76,9 @@ LOCS = [
     "Poland", "Lagos", "Kuala Lumpur", "Egypt", "Prague", "Vietnam", "Santiago", "Hamburg",
     "Morocco", "Toronto", "Las Vegas", "Finland", "Bangkok", "Saudi Arabia", "Quebec",
     "Melbourne", "Ghana",
+    # smaller towns and regions, often one rare word
+    "Tromso", "Zwolle", "Kisumu", "Arequipa", "Tartu", "Bergamo", "Mostar", "Kumasi", "Aalborg",
+    "Eger", "Galway", "Tulsa",
 ]
 # MISC comes in two kinds that fit different slots: adjectives (nationalities, languages) and
 # named events/awards. Both are tagged MISC.
@@ -133,6 +139,10 @@ TEMPLATES: tuple[str, ...] = (
     "Officials from {LO} will attend the summit in {LOC} .",
     "The decision by {LO} surprised most analysts .",
     "{ANY} was the main topic of the debate .",
+    "Reports about {ANY} appeared in several newspapers this week .",
+    "{PO} lost again on Saturday .",
+    "Investors were worried about {LO} , he said .",
+    "He has worked with {ANY} for many years .",
     "Few people had heard of {ANY} before last year .",
     "Prime Minister {PER} flew to {LOC} on Wednesday .",
     "A {MADJ} court fined {ORG} on Thursday .",

@@ -27,6 +27,7 @@ class TrainConfig(BaseConfig):
         save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
         resume: continue from output_dir/checkpoints/last when it exists.
         seed: seeds data order (per epoch), dropout and new heads.
+        group_by_length: batch examples of similar length together (less padding, faster).
     """
 
     output_dir: str = "runs/train"
@@ -48,6 +49,7 @@ class TrainConfig(BaseConfig):
     log_every: int = 10
     seed: int = 42
     progress: bool = True
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 and not self.max_steps:
