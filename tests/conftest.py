@@ -16,6 +16,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tiny models gain nothing from more threads, and CI machines have 2 cores: one thread per test
+# process keeps the suite predictable (and leaves a core for anything running beside it).
+torch.set_num_threads(1)
+
 WORDS = ("the a of in and to is was on for with at by from john mary smith paris london berlin acme corp "
          "bank google united nations german french english world cup said met visited works lives "
          "city team today yesterday new york club . , ' s").split()

@@ -39,12 +39,12 @@ def data_dict(args: argparse.Namespace) -> dict:
 
 def parse_options(items: list[str] | None) -> dict:
     """`-o key=value` pairs, values parsed as YAML scalars."""
-    import yaml
+    from sparseft.config.base import parse_scalar
 
     out = {}
     for item in items or []:
         if "=" not in item:
             raise ValueError(f"option {item!r} must look like key=value")
         key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        out[key.strip().replace("-", "_")] = parse_scalar(value)
     return out

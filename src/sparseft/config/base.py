@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -96,6 +97,19 @@ def load_config(path: str | Path) -> BaseConfig:
 def _snake(name: str) -> str:
     out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
     return out
+
+
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse a command-line value as YAML, but read `1e-4` as a float (YAML 1.1 says string)."""
+    import yaml
+
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        return float(value)
+    return value
 
 
 def coerce_field(cls: type, name: str, raw: str) -> Any:

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from sparseft.config.base import parse_scalar
 from sparseft.load.data import DataConfig
 
 
@@ -99,7 +100,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         for i, part in enumerate(parts[:-1]):
             node = _child(node, part, ".".join(parts[: i + 1]), create=True)
         last = parts[-1]
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = parse_scalar(value)
         if isinstance(node, list):
             node = _child(node, last, key, create=False)
             raise ValueError(f"override {item!r} would replace a whole stage; set one of its fields")

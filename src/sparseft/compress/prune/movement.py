@@ -1,0 +1,109 @@
+"""Movement (gradient-based) pruning: keep the weights that move away from zero.
+
+Score of an entry (Sanh et al., 2020): S = -sum_t dL/dW_t * W_t, summed over steps t. A weight
+whose gradient pushes it away from zero gets a high score; one decaying toward zero a low one.
+
+  * one-shot: `prune_(model, MovementPruneConfig(sparsity=0.5), batches=calib)` sums the score
+    over labelled calibration batches (no weight update; a first-order Taylor importance);
+  * during fine-tuning: `MovementScorer` accumulates S from the gradients of every optimizer step
+    and the gradual schedule (schedule.py) prunes by it at each pruning step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from sparseft.compress.prune.common import (apply_masks_, check_allocation, check_sparsity, check_targets,
+                                            default_ignore, default_targets, prunable_weights, select_masks)
+from sparseft.config.base import BaseConfig
+from sparseft.registry import register_method
+
+
+@dataclass
+class MovementPruneConfig(BaseConfig):
+    """Args:
+        sparsity: fraction of the targeted weights set to zero, in [0, 1).
+        allocation: 'global', 'per_tensor' or 'per_row'.
+        targets / ignore: which modules' weights are pruned.
+    One-shot use needs labelled calibration batches (the loss must be defined).
+    """
+
+    sparsity: float = 0.5
+    allocation: str = "global"
+    targets: list[str] = field(default_factory=default_targets)
+    ignore: list[str] = field(default_factory=default_ignore)
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.sparsity)
+        check_allocation(self.allocation)
+        check_targets(self)
+
+    def needs_batches(self) -> bool:
+        return True
+
+
+class MovementScorer:
+    """Accumulates S -= grad * W for the named weights; call `update(model)` after each step
+    (before the gradients are zeroed), read `scores()` when pruning."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = list(names)
+        self.totals: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for name in self.names:
+            p = params[name]
+            if p.grad is None:
+                continue
+            delta = -(p.grad.float() * p.detach().float())          # [out, in]
+            if name in self.totals:
+                self.totals[name] += delta
+            else:
+                self.totals[name] = delta
+
+    def scores(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        params = dict(model.named_parameters())
+        return {n: self.totals.get(n, torch.zeros_like(params[n], dtype=torch.float32)) for n in self.names}
+
+
+def movement_scores(model: torch.nn.Module, params: list[tuple[str, torch.nn.Parameter]],
+                    batches: list[dict]) -> dict[str, torch.Tensor]:
+    """One-shot scores -sum_b dL_b/dW * W over calibration batches (weights are not changed)."""
+    weights = [p for _, p in params]
+    flags = [p.requires_grad for p in weights]
+    was_training = model.training
+    model.eval()  # no dropout: the scores are a deterministic function of the batches
+    device = weights[0].device
+    totals = [torch.zeros_like(p, dtype=torch.float32) for p in weights]
+    try:
+        for p in weights:
+            p.requires_grad_(True)
+        for batch in batches:
+            if "labels" not in batch:
+                raise ValueError("movement pruning needs labelled batches (a 'labels' key) to compute the loss")
+            out = model(**{k: v.to(device) for k, v in batch.items()})
+            grads = torch.autograd.grad(out.loss, weights)
+            for total, g, p in zip(totals, grads, weights):
+                total -= g.float() * p.detach().float()
+    finally:
+        for p, flag in zip(weights, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return {name: t for (name, _), t in zip(params, totals)}
+
+
+def prune_movement_(model: torch.nn.Module, config: MovementPruneConfig, *, batches=None) -> None:
+    if not batches:
+        raise ValueError("movement pruning needs labelled calibration batches")
+    params = prunable_weights(model, config.targets, config.ignore)
+    masks = select_masks(movement_scores(model, params, batches), config.sparsity, config.allocation)
+    apply_masks_(dict(params), masks)
+
+
+register_method(kind="prune", name="movement", config_cls=MovementPruneConfig, apply_fn=prune_movement_,
+                description="movement / gradient-based pruning (one-shot Taylor or accumulated in fine-tuning)")

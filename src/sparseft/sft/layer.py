@@ -1,0 +1,170 @@
+"""The sparse parametrisation: W = W0 + scatter(indices, values), with W0 frozen.
+
+`sparsify_(model, masks)` swaps each targeted module for a `SparseDelta` wrapper that holds
+
+    base      the original module (its weight W0 and bias stay frozen and untouched),
+    indices   int64 buffer [k]: flat positions in W0 that are tuned (state_dict: resume restores it),
+    values    fp32 Parameter [k]: the deltas at those positions (starts at 0),
+
+so gradients and AdamW state are O(k). `merge_sparse_(model)` writes W0[indices] += values into
+the base weights in place (`index_add_`: every other entry stays bit-identical to W0) and puts
+the plain modules back, so `save_pretrained` writes an ordinary checkpoint.
+
+Memory (the reason this is a custom autograd Function for nn.Linear rather than a
+`torch.nn.utils.parametrize` parametrisation): a parametrisation would compute the dense
+W0 + delta and let F.linear save it for backward, one extra dense copy of every targeted weight
+alive until backward. `_SparseLinearFn` saves only the input (which plain nn.Linear saves too)
+and rebuilds W0 + delta in backward; the dense weight gradient [out, in] exists transiently, one
+layer at a time, and only its k selected entries are kept. Other module types (Embedding,
+Conv1D, ...) use a generic path (`torch.func.functional_call` with the merged weight), which is
+correct but keeps the merged weight for backward.
+
+Regrow support: when `acc_grad` is a dense fp32 tensor (set by `RegrowHook` during its gradient
+window), the backward pass adds the dense weight gradient into it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Masks = dict[str, torch.Tensor]
+
+
+def merged(weight: torch.Tensor, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """W0 + delta as a new tensor (differentiable in `values`; `weight` is never modified)."""
+    flat = weight.detach().reshape(-1).index_add(0, indices, values.to(weight.dtype))
+    return flat.view(weight.shape)
+
+
+class _SparseLinearFn(torch.autograd.Function):
+    """y = x @ (W0 + delta)^T + b, saving only x; grad wrt values = dense grad gathered at indices."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, values, indices, layer):
+        ctx.save_for_backward(x, weight, values, indices)
+        ctx.layer = layer
+        with torch.no_grad():
+            w = merged(weight, values, indices)
+        return F.linear(x, w, bias)  # autocast (if on) casts x and w like a plain nn.Linear
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, values, indices = ctx.saved_tensors
+        grad_x = grad_bias = grad_values = None
+        dtype = grad_out.dtype
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])                       # [N, out]
+        if ctx.needs_input_grad[0]:
+            w = merged(weight, values, indices).to(dtype)                   # [out, in], transient
+            grad_x = (grad_out @ w).to(x.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = g2.sum(0)
+        if ctx.needs_input_grad[3] or ctx.layer.acc_grad is not None:
+            grad_w = g2.t() @ x.reshape(-1, x.shape[-1]).to(dtype)          # [out, in], transient
+            if ctx.layer.acc_grad is not None:
+                ctx.layer.acc_grad += grad_w.float()
+            if ctx.needs_input_grad[3]:
+                grad_values = grad_w.reshape(-1).index_select(0, indices).to(values.dtype)
+        return grad_x, None, grad_bias, grad_values, None, None
+
+
+class SparseDelta(nn.Module):
+    """A frozen module plus trainable deltas at `indices` of its `weight` (see module docstring).
+
+    Args:
+        base: the module to wrap (nn.Linear gets the memory-lean path).
+        indices: flat int64 positions into `base.weight`, unique.
+    """
+
+    def __init__(self, base: nn.Module, indices: torch.Tensor) -> None:
+        super().__init__()
+        weight = base.weight
+        if weight.requires_grad:
+            raise ValueError("freeze the base weight before wrapping it (requires_grad=False)")
+        self.base = base
+        self.register_buffer("indices", indices.to(device=weight.device, dtype=torch.long))
+        self.values = nn.Parameter(torch.zeros(indices.numel(), dtype=torch.float32, device=weight.device))
+        self.acc_grad: torch.Tensor | None = None  # dense fp32 gradient sum, only while regrow asks
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W0 (frozen). Code that reads `module.weight` (dtype, device, shape) keeps working."""
+        return self.base.weight
+
+    @property
+    def bias(self):
+        return getattr(self.base, "bias", None)
+
+    def merged_weight(self) -> torch.Tensor:
+        return merged(self.base.weight, self.values, self.indices)
+
+    def forward(self, *args, **kwargs):
+        if isinstance(self.base, nn.Linear) and not kwargs and len(args) == 1:
+            if torch.is_grad_enabled() and (self.values.requires_grad or self.acc_grad is not None):
+                return _SparseLinearFn.apply(args[0], self.base.weight, self.base.bias, self.values,
+                                             self.indices, self)
+            return F.linear(args[0], self.merged_weight(), self.base.bias)
+        return torch.func.functional_call(self.base, {"weight": self.merged_weight()}, args, kwargs)
+
+    def extra_repr(self) -> str:
+        return f"k={self.indices.numel()}, density={self.indices.numel() / self.base.weight.numel():.4g}"
+
+
+def _parent(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
+    parent, _, child = fqn.rpartition(".")
+    return (model.get_submodule(parent) if parent else model), child
+
+
+def sparsify_(model: nn.Module, masks: Masks) -> dict[str, SparseDelta]:
+    """Swap every module whose `weight` has a non-empty mask for a `SparseDelta` (in place).
+
+    Args:
+        masks: {"<module fqn>.weight": bool tensor of the weight's shape}.
+
+    Returns:
+        {weight fqn: wrapper}, for the masks with at least one selected entry (empty ones are
+        left alone: with global allocation a tensor can get no budget).
+    """
+    layers: dict[str, SparseDelta] = {}
+    for name, mask in masks.items():
+        module_fqn, _, pname = name.rpartition(".")
+        if pname != "weight":
+            raise ValueError(f"sparse fine-tuning targets module weights; got mask for {name!r}")
+        module = model.get_submodule(module_fqn)
+        if isinstance(module, SparseDelta):
+            raise ValueError(f"{module_fqn} is already sparsified")
+        if tuple(mask.shape) != tuple(module.weight.shape):
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(module.weight.shape)}")
+        indices = torch.nonzero(mask.reshape(-1), as_tuple=False).reshape(-1)
+        if indices.numel() == 0:
+            continue
+        module.weight.requires_grad_(False)
+        wrapper = SparseDelta(module, indices)
+        parent, child = _parent(model, module_fqn)
+        setattr(parent, child, wrapper)
+        layers[name] = wrapper
+    return layers
+
+
+def sparse_layers(model: nn.Module) -> dict[str, SparseDelta]:
+    """{weight fqn in the plain model: wrapper} for every SparseDelta in `model`."""
+    out = {}
+    for fqn, module in model.named_modules():
+        if isinstance(module, SparseDelta):
+            out[f"{fqn}.weight"] = module
+    return out
+
+
+@torch.no_grad()
+def merge_sparse_(model: nn.Module, *, merge: bool = True) -> None:
+    """Put the plain modules back; with `merge`, first W0[indices] += values (in place).
+
+    Unselected entries are not written at all, so they stay bit-identical to W0.
+    """
+    for name, layer in sparse_layers(model).items():
+        if merge:
+            w = layer.base.weight
+            w.view(-1).index_add_(0, layer.indices, layer.values.to(w.dtype))
+        parent, child = _parent(model, name.rpartition(".")[0])
+        setattr(parent, child, layer.base)
