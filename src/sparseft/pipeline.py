@@ -16,6 +16,7 @@ from sparseft.config.recipe import Recipe
 from sparseft.load.data import TaskData
 from sparseft.report.card import Report
 from sparseft.utils.io import atomic_write_text
+from sparseft.utils.seed import seed_everything
 
 
 @dataclass
@@ -36,8 +37,6 @@ class RunContext:
 
 def load_context(recipe: Recipe) -> RunContext:
     """Tokenizer -> data (labels come from the training data) -> model with those labels."""
-    from accelerate.utils import set_seed
-
     from sparseft.load.data import build_task_data
     from sparseft.load.model import load_model, load_tokenizer
 
@@ -46,7 +45,7 @@ def load_context(recipe: Recipe) -> RunContext:
     t0 = time.perf_counter()
     ctx.tokenizer = load_tokenizer(recipe.model)
     ctx.data = build_task_data(recipe.data, ctx.tokenizer)
-    set_seed(recipe.seed)  # before the model: new heads are initialised from the seed
+    seed_everything(recipe.seed)  # before the model: new heads are initialised from the seed
     ctx.model = load_model(recipe.model, recipe.data.task, labels=ctx.data.labels or None)
     ctx.report.log("load", {"model": recipe.model, "task": recipe.data.task,
                             "train_examples": len(ctx.data.train), "eval_examples": len(ctx.data.eval),
