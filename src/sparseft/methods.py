@@ -10,8 +10,26 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import sparseft.chat.data  # noqa: F401  stage: chat_data
+import sparseft.chat.stage  # noqa: F401  stages: chat_sft, chat_eval
+import sparseft.compress.prune.magnitude  # noqa: F401  prune: magnitude
+import sparseft.compress.prune.movement  # noqa: F401  prune: movement
+import sparseft.compress.prune.nm  # noqa: F401  prune: nm
+import sparseft.compress.prune.random  # noqa: F401  prune: random
+import sparseft.compress.prune.sparsegpt  # noqa: F401  prune: sparsegpt
+import sparseft.compress.prune.stage  # noqa: F401  stages: prune, prune_finetune
+import sparseft.compress.prune.structured  # noqa: F401  prune: structured
+import sparseft.compress.prune.wanda  # noqa: F401  prune: wanda
+import sparseft.compress.quantize.dynamic  # noqa: F401  quantize: dynamic_int8
+import sparseft.compress.quantize.gptq  # noqa: F401  quantize: gptq
+import sparseft.compress.quantize.kmeans  # noqa: F401  quantize: kmeans
+import sparseft.compress.quantize.nf4  # noqa: F401  quantize: nf4
+import sparseft.compress.quantize.rtn  # noqa: F401  quantize: rtn
+import sparseft.compress.quantize.stage  # noqa: F401  stage: quantize
 import sparseft.eval.stage  # noqa: F401  stage: eval
+import sparseft.export.compressed_stage  # noqa: F401  stage: export
 import sparseft.export.stage  # noqa: F401  stage: save
+import sparseft.sft.stage  # noqa: F401  stage: sft (and, through masks.select, every mask method)
 import sparseft.train.stage  # noqa: F401  stage: train
 from sparseft.registry import REGISTRY, Method
 

@@ -12,9 +12,9 @@ import os
 import sys
 
 from sparseft import __version__
-from sparseft.cli import demo, eval_cmd, run_cmd, train_cmd
+from sparseft.cli import chat_cmd, demo, diff_cmd, eval_cmd, export_cmd, prune_cmd, quantize_cmd, run_cmd, train_cmd
 
-COMMANDS = (train_cmd, eval_cmd, run_cmd, demo)
+COMMANDS = (train_cmd, eval_cmd, run_cmd, demo, chat_cmd, prune_cmd, quantize_cmd, export_cmd, diff_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

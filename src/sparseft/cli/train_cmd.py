@@ -28,6 +28,11 @@ def add_parser(sub) -> None:
     g.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --output-dir")
     g.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="extra field of the training stage config (repeatable)")
+    g = p.add_argument_group("sparse fine-tuning (--method sft)")
+    g.add_argument("--mask", help="mask method: random, magnitude, fisher, lottery or regrow (default fisher)")
+    g.add_argument("--density", type=float, help="budget: fraction of the targeted weights to train")
+    g.add_argument("--count", type=int, help="budget: exact number of weight entries to train")
+    g.add_argument("--match-lora-rank", type=int, metavar="R", help="budget: as many entries as LoRA of rank R has")
     p.add_argument("--no-cost", action="store_true", help="skip latency/throughput measurement")
     p.set_defaults(func=run)
 
@@ -40,6 +45,11 @@ def build_recipe_dict(args: argparse.Namespace) -> dict:
              "mixed_precision": args.mixed_precision, "resume": not args.no_resume}
     if args.max_steps:
         stage["max_steps"] = args.max_steps
+    sft = {k: v for k, v in (("mask", args.mask), ("density", args.density), ("count", args.count),
+                             ("match_lora_rank", args.match_lora_rank)) if v is not None}
+    if sft and args.method != "sft":
+        raise ValueError(f"--mask/--density/--count/--match-lora-rank need --method sft (got --method {args.method})")
+    stage.update(sft)
     stage.update(parse_options(args.option))
     return {"model": args.model, "data": data_dict(args), "output_dir": args.output_dir, "seed": args.seed,
             "stages": [stage, {"name": "dev", "method": "eval", "cost": not args.no_cost},

@@ -140,6 +140,10 @@ def layerwise_prune_(model: nn.Module, batches: list[dict], targets: list[str], 
     model.eval()
     try:
         for block, layers in zip(blocks, per_block):
+            if not layers:   # nothing targeted here: just pass the inputs on
+                for item in items:
+                    item.hidden = _run_block(block, item)
+                continue
             stats = {name: make_stats(layer) for name, layer in layers}
             current: list[torch.Tensor | None] = [None]  # token mask of the batch being run
 

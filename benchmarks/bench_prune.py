@@ -1,0 +1,286 @@
+"""Pruning benchmarks: MiniLM on CoNLL-2003 dev, SmolLM2-135M perplexity on WikiText-2.
+
+    python benchmarks/bench_prune.py                          # every part, in order
+    python benchmarks/bench_prune.py --only teacher oneshot   # some parts
+    python benchmarks/bench_prune.py --quick                  # smoke test: tiny limits (minutes)
+
+Parts (each a list of recipe runs; every run is `sparseft run <recipe> <overrides>` in its own
+process, so its peak memory is its own):
+
+  teacher     dense MiniLM fine-tuned on the fixed CoNLL subset (the teacher; other CoNLL parts need it)
+  oneshot     magnitude (global) at 50/70/90%: F1 right after pruning and after 2 epochs of
+              recovery fine-tuning with fixed masks, with and without distillation
+  gradual     cubic-schedule magnitude pruning during 2 epochs of fine-tuning, +/- distillation
+  nm          2:4 magnitude, then recovery fine-tuning, +/- distillation
+  structured  FFN neurons + blocks physically removed at two sizes, KD fine-tuning, CPU speedup
+  lm          SmolLM2-135M on WikiText-2: dense, and magnitude / Wanda / SparseGPT at 50%
+              unstructured and 2:4 (the Wanda paper's table shape)
+
+Data (stated in every record): CoNLL training = the first 2,000 sentences of eng.train in file
+order (`--full-train`: all 14,041), dev = all 3,250 sentences of eng.testa. WikiText-2: 512-token
+windows of wiki.valid.tokens; evaluation = the first 48 windows of the file's last 10%,
+calibration = the first 32 windows of the other 90% (disjoint text). One JSON record per part
+goes to benchmarks/results/prune_<part>-<UTC stamp>.json (`--quick`: under the quick run folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PARTS = ("teacher", "oneshot", "gradual", "nm", "structured", "lm")
+CONLL_TRAIN = "../shared/data/conll2003/eng.train"
+WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
+R = "recipes/"
+STRUCTURED_SIZES = {   # name: structured pruner_args (MiniLM-L6: 6 blocks, FFN 1536)
+    "ffn50_drop1": {"ffn_sparsity": 0.5, "drop_layers": [5], "importance": "activation"},
+    "ffn75_drop2": {"ffn_sparsity": 0.75, "drop_layers": [4, 5], "importance": "activation"},
+}
+
+
+def data_note(args) -> str:
+    train = "all 14,041 sentences" if args.full_train else "first 2,000 sentences in file order"
+    if args.quick:
+        train = "first 40 sentences (quick smoke test)"
+    return (f"CoNLL-2003: train = eng.train {train}; dev = eng.testa (3,250 sentences"
+            f"{', first 24 only' if args.quick else ''}). WikiText-2: 512-token windows of wiki.valid.tokens, "
+            f"eval = first 48 windows of the last 10% of the file, calibration = first 32 windows of the rest")
+
+
+def run_dir(args) -> str:
+    return "benchmarks/runs/prune" + ("_quick" if args.quick else "_full" if args.full_train else "")
+
+
+def conll_common(args, name: str, *, teacher_model: bool = True) -> list[str]:
+    """Overrides every CoNLL run gets: its output folder, the subset, the teacher path, quick limits."""
+    base = run_dir(args)
+    out = [f"output_dir={base}/{name}"]
+    if teacher_model:
+        out.append(f"model={base}/conll_teacher/model")
+    if args.full_train:
+        out.append("data.train_limit=null")
+    if args.quick:
+        out += ["data.train_limit=40", "data.eval_limit=24"]
+    return out
+
+
+def quick_stage(args, stage: str, extra: dict | None = None) -> list[str]:
+    if not args.quick:
+        return []
+    return [f"stages.{stage}.max_steps=3", f"stages.{stage}.batch_size=8"] + \
+        [f"stages.{stage}.{k}={v}" for k, v in (extra or {}).items()]
+
+
+def plan(part: str, args) -> list[dict]:
+    """The runs of one part: {name, recipe, overrides, row (labels for the summary)}."""
+    runs: list[dict] = []
+    base = run_dir(args)
+    if part == "teacher":
+        runs.append({"name": "conll_teacher", "recipe": R + "minilm_conll2003_prune_teacher.yaml",
+                     "overrides": conll_common(args, "conll_teacher", teacher_model=False)
+                     + quick_stage(args, "finetune") + (["stages.dev.repeats=1"] if args.quick else []),
+                     "row": {"model": "dense"}})
+    elif part in ("oneshot", "nm"):
+        settings = ([("magnitude", {"sparsity": s, "allocation": "global"}, s) for s in args.sparsities]
+                    if part == "oneshot" else [("nm", {"n": 2, "m": 4}, 0.5)])
+        for pruner, pargs, sparsity in settings:
+            for kd in (False, True):
+                label = f"{pruner}_{int(round(sparsity * 100))}" if part == "oneshot" else "nm_2of4"
+                name = f"conll_{label}_oneshot_{'kd' if kd else 'nokd'}"
+                pa = json.dumps(pargs)
+                runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_oneshot.yaml",
+                             "overrides": conll_common(args, name) + [
+                                 f"stages.prune.pruner={pruner}", f"stages.prune.pruner_args={pa}",
+                                 f"stages.recover.pruner={pruner}", f"stages.recover.pruner_args={pa}",
+                                 f"stages.recover.distill={str(kd).lower()}",
+                                 f"stages.recover.teacher={base}/conll_teacher/model"]
+                             + quick_stage(args, "recover") + (["stages.dense.repeats=1"] if args.quick else []),
+                             "row": {"pruner": pruner, "pattern": "2:4" if pruner == "nm" else "unstructured",
+                                     "sparsity": sparsity, "schedule": "oneshot", "distill": kd}})
+    elif part == "gradual":
+        for sparsity in args.sparsities:
+            for kd in (False, True):
+                name = f"conll_magnitude_{int(round(sparsity * 100))}_gradual_{'kd' if kd else 'nokd'}"
+                runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_gradual.yaml",
+                             "overrides": conll_common(args, name) + [
+                                 f"stages.gradual.final_sparsity={sparsity}",
+                                 f"stages.gradual.distill={str(kd).lower()}"]
+                             + quick_stage(args, "gradual", {"prune_every": 1}),
+                             "row": {"pruner": "magnitude", "pattern": "unstructured", "sparsity": sparsity,
+                                     "schedule": "cubic", "distill": kd}})
+    elif part == "structured":
+        for size, pargs in STRUCTURED_SIZES.items():
+            name = f"conll_structured_{size}"
+            runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_structured.yaml",
+                         "overrides": conll_common(args, name) + [
+                             f"stages.shrink.pruner_args={json.dumps(pargs)}"]
+                         + quick_stage(args, "shrink", {"repeats": 2, "calib_samples": 8}),
+                         "row": {"pruner": "structured", "size": size, **pargs, "distill": True}})
+    elif part == "lm":
+        settings = [("dense", "magnitude", {"sparsity": 0.0})]
+        for pattern in ("unstructured", "2:4"):
+            for pruner in ("magnitude", "wanda", "sparsegpt"):
+                if pruner == "magnitude":
+                    name, pargs = (("nm", {"n": 2, "m": 4}) if pattern == "2:4"
+                                   else ("magnitude", {"sparsity": 0.5, "allocation": "per_row"}))
+                else:
+                    name, pargs = pruner, {"sparsity": 0.5, "pattern": pattern}
+                settings.append((f"{pruner}_{pattern.replace(':', 'of')}", name, pargs))
+        for label, pruner, pargs in settings:
+            name = f"smollm2_{label}"
+            over = [f"output_dir={base}/{name}", f"stages.prune.pruner={pruner}",
+                    f"stages.prune.pruner_args={json.dumps(pargs)}", f"model={args.lm_model}"]
+            if args.lm_data:
+                over.append(f"data.train={args.lm_data}")
+            if args.quick:
+                over += ["data.block_size=64", "data.eval_limit=2", "stages.prune.calib_samples=2"]
+            runs.append({"name": name, "recipe": R + "smollm2_wikitext2_prune.yaml", "overrides": over,
+                         "row": {"pruner": label.split("_")[0], "pattern": "2:4" if "2of4" in label
+                                 else "unstructured", "sparsity": pargs.get("sparsity", 0.5)}})
+    return runs
+
+
+def needs(part: str, args) -> list[str]:
+    if part == "lm":
+        return [] if args.lm_data else [WIKI]
+    need = [CONLL_TRAIN]
+    if part != "teacher":
+        need.append(f"{run_dir(args)}/conll_teacher/model/config.json")
+    return need
+
+
+# ---- running one recipe in a child process ---------------------------------------------------
+
+def child(spec_path: str, out_path: str) -> int:
+    """Run one recipe (this process only) and write its report sections + peak memory."""
+    from sparseft.config.recipe import load_recipe
+    from sparseft.pipeline import run as run_recipe
+
+    spec = json.loads(Path(spec_path).read_text())
+    t0 = time.perf_counter()
+    ctx = run_recipe(load_recipe(ROOT / spec["recipe"], spec["overrides"]), print_report=False)
+    result = {"stages": ctx.report.sections, "env": ctx.report.env, "wall_seconds": time.perf_counter() - t0,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    Path(out_path).write_text(json.dumps(result, default=str))
+    return 0
+
+
+def run_in_child(spec: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec))
+        rc = subprocess.call([sys.executable, __file__, "--child", str(spec_file), str(out_file)], cwd=ROOT)
+        if rc != 0 or not out_file.exists():
+            return {"error": f"exit code {rc}"}
+        return json.loads(out_file.read_text())
+
+
+def summarize(part: str, spec: dict, result: dict) -> dict:
+    """One table row: the run's labels plus its headline numbers."""
+    st = result.get("stages", {})
+    row = {"run": spec["name"], **spec["row"], "wall_seconds": result.get("wall_seconds"),
+           "peak_rss_mb": result.get("peak_rss_mb"),
+           "equivalent": f"sparseft run {spec['recipe']} " + " ".join(shlex.quote(o) for o in spec["overrides"])}
+    if "error" in result:
+        return {**row, "error": result["error"]}
+    if part == "lm":
+        row.update(perplexity=st["ppl"]["perplexity"], eval_tokens=st["ppl"]["n_tokens"],
+                   target_sparsity=st["prune"]["target_sparsity"], prune_seconds=st["prune"]["prune_seconds"])
+        return row
+    final = st.get("dev", {})
+    row["f1"] = final.get("f1")
+    if part == "teacher":
+        row["cost"] = final.get("cost")
+        return row
+    row["f1_dense"] = st["dense"]["f1"]
+    row["delta_f1"] = row["f1"] - row["f1_dense"]
+    if "oneshot" in st:
+        row["f1_after_prune_no_finetune"] = st["oneshot"]["f1"]
+    prune_sec = st.get("recover") or st.get("gradual") or st.get("shrink") or {}
+    row.update(target_sparsity=prune_sec.get("target_sparsity"), params=prune_sec.get("params"),
+               nonzero_params=prune_sec.get("nonzero_params"), train_seconds=prune_sec.get("train_seconds"))
+    if part == "structured":
+        row.update(structure=prune_sec.get("structure"),
+                   throughput_speedup_b32=prune_sec.get("throughput_speedup_b32"),
+                   latency_speedup_b1=prune_sec.get("latency_speedup_b1"),
+                   cost_before=prune_sec.get("cost_before"), cost_after=prune_sec.get("cost_after"))
+    return row
+
+
+def run_part(part: str, args) -> Path | None:
+    from sparseft.utils.env import describe_environment
+
+    missing = [p for p in needs(part, args) if not (ROOT / p).exists()]
+    if missing:
+        print(f"skip {part}: missing {missing}" + (" (run --only teacher first)" if part != "teacher" else ""))
+        return None
+    t0 = time.perf_counter()
+    rows, details = [], []
+    for spec in plan(part, args):
+        if args.runs and not any(key in spec["name"] for key in args.runs):
+            continue
+        print(f"[{part}] {spec['name']}", flush=True)
+        result = run_in_child(spec)
+        rows.append(summarize(part, spec, result))
+        details.append({"run": spec["name"], "stages": result.get("stages")})
+    if part == "lm":
+        dense = next((r["perplexity"] for r in rows if r.get("pruner") == "dense" and "perplexity" in r), None)
+        for r in rows:
+            if dense and "perplexity" in r:
+                r["ppl_ratio_vs_dense"] = r["perplexity"] / dense
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    record = {"experiment": f"prune_{part}", "command": " ".join(["python", "benchmarks/bench_prune.py",
+                                                                  *sys.argv[1:]]),
+              "data": data_note(args), "quick": args.quick, "env": describe_environment(),
+              "wall_seconds": time.perf_counter() - t0, "rows": rows, "details": details}
+    folder = (ROOT / run_dir(args) / "results") if args.quick else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"prune_{part}-{stamp}.json"
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    for r in rows:
+        keys = ("run", "f1", "delta_f1", "perplexity", "ppl_ratio_vs_dense", "throughput_speedup_b32", "error")
+        print("  " + ", ".join(f"{k}={r[k]:.4g}" if isinstance(r.get(k), float) else f"{k}={r[k]}"
+                               for k in keys if r.get(k) is not None))
+    return path
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts (default: all, in order)")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny data, 3 steps, results not in results/")
+    p.add_argument("--full-train", action="store_true", help="CoNLL: train on all 14,041 sentences")
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9],
+                   help="unstructured sparsities for the oneshot and gradual parts")
+    p.add_argument("--lm-model", default="smollm2", help="model of the lm part (alias or folder)")
+    p.add_argument("--lm-data", default="", help="text file replacing wiki.valid.tokens (smoke tests)")
+    p.add_argument("--runs", nargs="+", help="only runs whose name contains one of these strings")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.chdir(ROOT)
+    if args.child:
+        return child(*args.child)
+    failed = 0
+    for part in args.only or PARTS:
+        path = run_part(part, args)
+        if path is not None:
+            rows = json.loads(path.read_text())["rows"]
+            failed += sum("error" in r for r in rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

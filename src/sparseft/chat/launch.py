@@ -1,0 +1,131 @@
+"""Multi-process and DeepSpeed launch for chat SFT: DeepSpeed-Chat flags -> launcher + config files.
+
+`sparseft chat-sft` writes its recipe to <output dir>/chat_sft_recipe.yaml and, when it needs more
+than one process or DeepSpeed, starts a launcher that runs `sparseft run <recipe>` in every process:
+
+  * `--num-processes N` (ZeRO stage 0): `python -m torch.distributed.run --standalone
+    --nproc_per_node N` (torchrun). On CPU the processes talk over gloo. (We do not use
+    `accelerate launch --cpu --num_processes N` for this: it starts a single process on CPU.)
+  * `--zero_stage 1|2|3` (+ `--offload`): `accelerate launch --config_file accelerate_config.yaml`,
+    whose DeepSpeed section points to ds_config.json, written in DeepSpeed-Chat's layout
+    (`get_train_ds_config`): micro-batch per GPU, gradient accumulation, clipping, ZeRO stage,
+    optimizer (and, for stage 3, parameter) offload to CPU; bf16/fp16 left "auto" so Accelerate
+    fills them from the run's mixed precision. Needs `pip install deepspeed` (and GPUs in
+    practice); without it the CLI stops with a message saying so.
+
+Inside each process the training loop's Accelerator picks the distributed set-up up from the
+environment the launcher exports (WORLD_SIZE, RANK, ... and ACCELERATE_* for DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from sparseft.utils.io import atomic_write_json, atomic_write_text
+
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+def in_launched_process() -> bool:
+    """True inside a torchrun / accelerate-launched worker (the launcher exported WORLD_SIZE)."""
+    return "WORLD_SIZE" in os.environ
+
+
+def launch_env(environ: dict | None = None) -> dict:
+    """Environment for the launched workers.
+
+    On machines without CUDA, Accelerate only sets up CPU data parallelism (gloo) when told to
+    use the CPU (ACCELERATE_USE_CPU=true, what `accelerate launch --cpu` exports); otherwise
+    every torchrun worker silently trains alone as a single-process job.
+    """
+    import torch
+
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not torch.cuda.is_available():
+        env.setdefault("ACCELERATE_USE_CPU", "true")
+    return env
+
+
+def check_cpu_distributed() -> None:
+    """ValueError when running as one of several CPU workers without ACCELERATE_USE_CPU set
+    (see `launch_env`): the processes would not synchronise gradients."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if world > 1 and not torch.cuda.is_available() and not flag:
+        raise ValueError(f"this is one of {world} CPU worker processes but ACCELERATE_USE_CPU is not set, so "
+                         f"Accelerate would run each process as an independent single-process job. Launch "
+                         f"with `sparseft chat-sft --num-processes N` or export ACCELERATE_USE_CPU=true.")
+
+
+def require_deepspeed(zero_stage: int) -> None:
+    """ValueError with the install hint when DeepSpeed is missing."""
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(f"--zero_stage {zero_stage} needs DeepSpeed, which is not installed: "
+                         f"pip install deepspeed (it targets CUDA GPUs). Without DeepSpeed use "
+                         f"--zero_stage 0 (plain data parallel, e.g. --num-processes 2).")
+
+
+def deepspeed_config(*, zero_stage: int, offload: bool, batch_size: int, grad_accum: int,
+                     num_processes: int, max_grad_norm: float | None) -> dict:
+    """DeepSpeed JSON config in DeepSpeed-Chat's training layout (see module docstring)."""
+    if zero_stage not in ZERO_STAGES:
+        raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, got {zero_stage}")
+    if offload and zero_stage == 0:
+        raise ValueError("--offload needs --zero_stage 1, 2 or 3 (ZeRO offloads optimizer state / parameters)")
+    device = "cpu" if offload else "none"
+    zero = {"stage": zero_stage,
+            "offload_optimizer": {"device": device},
+            "offload_param": {"device": device if zero_stage == 3 else "none"},
+            "stage3_param_persistence_threshold": 1e4,
+            "stage3_max_live_parameters": 3e7,
+            "stage3_prefetch_bucket_size": 3e7,
+            "memory_efficient_linear": False}
+    return {"train_batch_size": batch_size * grad_accum * num_processes,
+            "train_micro_batch_size_per_gpu": batch_size,
+            "gradient_accumulation_steps": grad_accum,
+            "gradient_clipping": float(max_grad_norm or 0.0),
+            "steps_per_print": 10,
+            "zero_optimization": zero,
+            "zero_force_ds_cpu_optimizer": False,  # the loop builds torch AdamW; allow it with offload
+            "bf16": {"enabled": "auto"},
+            "fp16": {"enabled": "auto", "loss_scale_window": 100},
+            "prescale_gradients": False,
+            "wall_clock_breakdown": False}
+
+
+def write_accelerate_config(directory: str | Path, *, zero_stage: int, offload: bool, batch_size: int,
+                            grad_accum: int, num_processes: int, max_grad_norm: float | None) -> Path:
+    """Write ds_config.json + accelerate_config.yaml into `directory`; returns the YAML path."""
+    directory = Path(directory).resolve()
+    ds_path = directory / "ds_config.json"
+    atomic_write_json(ds_path, deepspeed_config(zero_stage=zero_stage, offload=offload, batch_size=batch_size,
+                                                grad_accum=grad_accum, num_processes=num_processes,
+                                                max_grad_norm=max_grad_norm))
+    acc = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED",
+           "deepspeed_config": {"deepspeed_config_file": str(ds_path), "zero3_init_flag": zero_stage == 3},
+           "machine_rank": 0, "num_machines": 1, "num_processes": num_processes, "rdzv_backend": "static",
+           "same_network": True, "use_cpu": False, "main_training_function": "main"}
+    path = directory / "accelerate_config.yaml"
+    atomic_write_text(path, yaml.safe_dump(acc, sort_keys=False))
+    return path
+
+
+def launch_command(recipe_path: str | Path, *, num_processes: int, accelerate_config: str | Path | None = None
+                   ) -> list[str]:
+    """Command that runs `sparseft run <recipe>` in `num_processes` processes."""
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    tail = ["-m", "sparseft.cli.main", "run", str(recipe_path)]
+    if accelerate_config is not None:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
+                "--num_processes", str(num_processes), *tail]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(num_processes), *tail]

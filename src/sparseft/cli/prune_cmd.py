@@ -1,0 +1,149 @@
+"""`sparseft prune`: prune a model one-shot (optionally fine-tune after, with distillation).
+
+    sparseft prune --model runs/conll/model --method magnitude --sparsity 0.5 --output-dir runs/p50
+    sparseft prune --model smollm2 --task lm --method wanda --pattern 2:4 \\
+        --train ../shared/data/wikitext2/wiki.valid.tokens --output-dir runs/wanda24
+    sparseft prune --model runs/conll/model --method structured -o ffn_sparsity=0.5 \\
+        --train eng.train --eval eng.testa --epochs 1 --output-dir runs/struct50
+
+With `--train` the command runs a recipe (prune or prune_finetune -> eval -> save) and the data
+serve as calibration batches, fine-tuning data and evaluation; without data it prunes and saves
+(methods that need calibration data then say so). Either way the run folder holds the model
+(`model/`, loadable with plain transformers), `report.md` / `metrics.json` with sparsity and cost
+before/after, and the pruning config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sparseft.cli.common import add_data_args, data_dict, parse_options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model (magnitude, wanda, sparsegpt, N:M, structured ...)",
+                       description="Prune MODEL one-shot; with --epochs > 0 fine-tune afterwards (KD on).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder (e.g. a fine-tuned runs/x/model) or alias")
+    p.add_argument("--method", default="magnitude",
+                   help="pruning method: magnitude, random, movement, nm, wanda, sparsegpt, structured")
+    p.add_argument("--sparsity", type=float, help="fraction of targeted weights to zero (unstructured methods)")
+    p.add_argument("--pattern", help="'unstructured' or N:M such as 2:4 (wanda, sparsegpt, nm)")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                   help="extra field of the pruning method's config, e.g. allocation=per_row (repeatable)")
+    p.add_argument("--output-dir", default="runs/prune", help="run folder (model, report, sparsity.json)")
+    p.add_argument("--calib-samples", type=int, default=128, help="training examples used for calibration")
+    add_data_args(p)
+    g = p.add_argument_group("fine-tuning after pruning (needs --train)")
+    g.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs after pruning (0: none)")
+    g.add_argument("--schedule", choices=["oneshot", "cubic"], default="oneshot",
+                   help="oneshot: prune then fine-tune with fixed masks; cubic: prune gradually while fine-tuning")
+    g.add_argument("--lr", type=float, default=5e-5, help="fine-tuning learning rate")
+    g.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch size")
+    g.add_argument("--no-distill", action="store_true", help="fine-tune without knowledge distillation")
+    g.add_argument("--teacher", default="", help="teacher folder (default: the model before pruning)")
+    p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument("--no-cost", action="store_true", help="skip size/latency/throughput measurement")
+    p.set_defaults(func=run)
+
+
+def pruner_args(args: argparse.Namespace) -> dict:
+    """The pruning method's config fields from --sparsity / --pattern / -o."""
+    out: dict = {}
+    if args.pattern and args.pattern != "unstructured" and args.method == "nm":
+        n, _, m = args.pattern.partition(":")
+        if not (n.isdigit() and m.isdigit()):
+            raise ValueError(f"--pattern must look like N:M (e.g. 2:4), got {args.pattern!r}")
+        out.update(n=int(n), m=int(m))
+    elif args.pattern:
+        out["pattern"] = args.pattern
+    if args.sparsity is not None:
+        if args.method in ("structured", "nm"):
+            raise ValueError(f"--sparsity does not apply to {args.method}; use "
+                             + ("-o ffn_sparsity=... / -o head_sparsity=..." if args.method == "structured"
+                                else "--pattern N:M"))
+        out["sparsity"] = args.sparsity
+    if args.pattern and "sparsity" not in out and args.method in ("wanda", "sparsegpt") and ":" in args.pattern:
+        n, _, m = args.pattern.partition(":")
+        out["sparsity"] = 1 - int(n) / int(m)
+    out.update(parse_options(args.option))
+    return out
+
+
+def infer_task(model: str) -> str:
+    """ner / cls / lm from the saved config's architecture name."""
+    from sparseft.load.model import resolve_model
+
+    src = resolve_model(model)
+    if src.gguf_file:
+        return "lm"
+    cfg_path = Path(src.path) / "config.json"
+    archs = json.loads(cfg_path.read_text()).get("architectures") or [] if cfg_path.exists() else []
+    for arch in archs:
+        if arch.endswith("ForTokenClassification"):
+            return "ner"
+        if arch.endswith("ForSequenceClassification"):
+            return "cls"
+        if arch.endswith("ForCausalLM"):
+            return "lm"
+    raise ValueError(f"cannot tell the task of {model} (architectures {archs}); pass --task ner|cls|lm")
+
+
+def build_recipe_dict(args: argparse.Namespace) -> dict:
+    data = data_dict(args)
+    data["task"] = args.task or infer_task(args.model)
+    common = {"pruner": args.method, "pruner_args": pruner_args(args), "calib_samples": args.calib_samples,
+              "cost": not args.no_cost}
+    if args.epochs > 0:
+        if not args.train:
+            raise ValueError("--epochs > 0 needs --train (fine-tuning data)")
+        stage = {"name": "prune", "method": "prune_finetune", **common, "schedule": args.schedule,
+                 "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                 "distill": not args.no_distill, "teacher": args.teacher}
+        if args.schedule == "cubic":
+            stage["final_sparsity"] = stage["pruner_args"].pop("sparsity", 0.5)
+    else:
+        stage = {"name": "prune", "method": "prune", **common}
+    stages = [stage]
+    if args.train:
+        stages.append({"name": "dev", "method": "eval", "cost": False})
+    stages.append({"name": "save", "method": "save"})
+    return {"model": args.model, "data": data, "output_dir": args.output_dir, "seed": args.seed, "stages": stages}
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparseft.config.recipe import Recipe
+    from sparseft.pipeline import run as run_recipe
+
+    recipe = Recipe.from_dict(build_recipe_dict(args))
+    if args.train:
+        run_recipe(recipe)
+    else:
+        run_without_data(recipe)
+    print(f"pruned model saved to {Path(args.output_dir) / 'model'}")
+    return 0
+
+
+def run_without_data(recipe) -> None:
+    """Data-free path: load the model, run the prune and save stages, write the report."""
+    import time
+
+    from sparseft.load.model import load_model, load_tokenizer
+    from sparseft.methods import build_stage_config
+    from sparseft.pipeline import RunContext
+    from sparseft.report.card import Report
+
+    configs = [(s, *build_stage_config(s, recipe)) for s in recipe.stages]
+    out = Path(recipe.output_dir)
+    ctx = RunContext(recipe=recipe, output_dir=out, report=Report(title=f"sparseft prune: {out.name}"))
+    ctx.tokenizer = load_tokenizer(recipe.model)
+    ctx.model = load_model(recipe.model, recipe.data.task)
+    out.mkdir(parents=True, exist_ok=True)
+    for stage, method, cfg in configs:
+        t0 = time.perf_counter()
+        method.apply_fn(ctx, cfg, stage.name)
+        ctx.report.log(stage.name, {"method": stage.method, "stage_seconds": time.perf_counter() - t0})
+    ctx.report.write(out)
+    print(ctx.report.render_text())

@@ -1,0 +1,172 @@
+"""Dynamic int8 quantization for CPU inference: int8 weights, activations quantized at run time.
+
+Weights are quantized once, symmetric per output channel (int8 -127..127, so pruned zeros stay
+exactly 0); each forward quantizes its input to 8 bits on the fly and runs an integer matmul
+with int32 accumulation, then rescales to float. Two kernels, both plain-tensor APIs of torch
+core (no deprecated quantized-tensor dtypes):
+
+  * "onednn"  `torch.ops.onednn.qlinear_pointwise` on a prepacked weight, activations uint8 per
+              tensor (asymmetric). The int8 GEMM that torch's x86 Inductor / torchao PT2E flow
+              lowers to; uses AVX512-VNNI / AMX where the CPU has them. Default on x86.
+  * "int_mm"  `torch._int_mm` (int8 x int8 -> int32), activations int8 per token (symmetric).
+              Portable (any CPU, CUDA), more accurate per token, but its CPU kernel is slow for
+              large batches.
+
+Why these and not the others (numbers in docs/quantization.md, `bench_quant.py --only linear`):
+`torch.ao.quantization.quantize_dynamic` (fbgemm) is about as fast as oneDNN but is deprecated
+in torch 2.13 (it warns that torch.ao.quantization and quantized tensors will be removed), so it
+is only the benchmark's reference; torchao's Int8DynamicActivationInt8WeightConfig was 2-4x
+slower than oneDNN on CPU here; `_weight_int8pack_mm` (weight-only int8) was slower than fp32.
+
+    >>> quantize_(model, DynamicInt8Config())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from sparseft.compress.quantize.layers import check_targets, default_ignore, set_module, target_linears
+from sparseft.config.base import BaseConfig
+from sparseft.registry import register_method
+
+BACKENDS = ("auto", "onednn", "int_mm")
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_available() -> bool:
+    """Whether torch's oneDNN int8 linear runs here (x86/ARM builds with mkldnn); tried once."""
+    try:
+        w = torch.ones(2, 8, dtype=torch.int8)
+        packed = torch.ops.onednn.qlinear_prepack(w, None)
+        x = torch.ones(1, 8, dtype=torch.uint8)
+        torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, packed, torch.ones(2), torch.zeros(2, dtype=torch.long),
+                                           None, 1.0, 0, torch.float32, "none", [], "")
+        return True
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "onednn" if onednn_available() else "int_mm"
+    if backend == "onednn" and not onednn_available():
+        raise ValueError("backend 'onednn' is not available in this torch build; use backend='int_mm'")
+    return backend
+
+
+class DynamicInt8Linear(nn.Module):
+    """Linear with int8 per-channel weights and run-time int8 activations.
+
+    Buffers: weight_int8 int8 [out, in], weight_scale f32 [out]; `bias` f32 [out] or None.
+    The oneDNN prepacked weight is a cache rebuilt whenever weight_int8 changes (it is not saved).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, backend: str = "auto") -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.backend = resolve_backend(backend)
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self._packed: torch.Tensor | None = None
+        self._packed_key: tuple | None = None
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, backend: str = "auto") -> "DynamicInt8Linear":
+        w = linear.weight.detach().float()                                    # [out, in]
+        scale = w.abs().amax(1) / 127                                         # [out]
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, backend=backend)
+        layer.weight_int8.copy_(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        layer.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach().float())
+        return layer.to(linear.weight.device)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out, in] the int8 codes stand for."""
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def __getstate__(self):  # the oneDNN packed tensor cannot be pickled or deep-copied
+        state = self.__dict__.copy()
+        state["_packed"], state["_packed_key"] = None, None
+        return state
+
+    def _onednn_weight(self) -> torch.Tensor:
+        key = (self.weight_int8.data_ptr(), self.weight_int8._version)
+        if self._packed is None or self._packed_key != key:
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
+            self._packed_key = key
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float()                                 # [M, in]
+        if self.backend == "onednn" and x2.device.type == "cpu":
+            y = self._forward_onednn(x2)
+        else:
+            y = self._forward_int_mm(x2)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
+        # per-tensor asymmetric uint8: x ~ (xq - zp) * s, range widened to include 0
+        lo, hi = torch.aminmax(x)
+        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+        s = ((hi - lo) / 255).clamp_min(1e-8)                                # 0-dim
+        zp = torch.round(-lo / s)
+        xq = (x / s).round_().add_(zp).clamp_(0, 255).to(torch.uint8)        # [M, in]
+        zeros = torch.zeros(self.out_features, dtype=torch.long)
+        return torch.ops.onednn.qlinear_pointwise.tensor(
+            xq, s, zp.long(), self._onednn_weight(), self.weight_scale, zeros, self.bias,
+            1.0, 0, torch.float32, "none", [], "")                          # [M, out] f32
+
+    def _forward_int_mm(self, x: torch.Tensor) -> torch.Tensor:
+        # per-token symmetric int8: x[m] ~ xq[m] * s[m]
+        s = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-8)           # [M, 1]
+        xq = (x / s).round_().clamp_(-127, 127).to(torch.int8)               # [M, in]
+        acc = torch._int_mm(xq, self.weight_int8.t())                         # [M, out] int32
+        y = acc.float() * s * self.weight_scale
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"
+
+
+@dataclass
+class DynamicInt8Config(BaseConfig):
+    """Args:
+        backend: 'auto' (oneDNN where available, else int_mm), 'onednn' or 'int_mm'.
+        targets / ignore: which Linear layers.
+    """
+
+    backend: str = "auto"
+    targets: list[str] = field(default_factory=lambda: ["Linear"])
+    ignore: list[str] = field(default_factory=default_ignore)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check_targets(self.targets, self.ignore)
+
+
+@torch.no_grad()
+def quantize_dynamic_(model: nn.Module, cfg: DynamicInt8Config, *, batches=None) -> None:
+    """Swap targeted Linear layers for DynamicInt8Linear (batches unused)."""
+    backend = resolve_backend(cfg.backend)
+    if cfg.backend == "auto" and backend == "int_mm":
+        warnings.warn("oneDNN int8 linear is unavailable in this torch build; dynamic int8 uses the slower "
+                      "torch._int_mm kernel", RuntimeWarning, stacklevel=2)
+    for fqn, linear in target_linears(model, cfg.targets, cfg.ignore):
+        set_module(model, fqn, DynamicInt8Linear.from_linear(linear, backend))
+
+
+register_method(kind="quantize", name="dynamic_int8", config_cls=DynamicInt8Config, apply_fn=quantize_dynamic_,
+                description="int8 weights + run-time int8 activations (CPU inference, oneDNN)")

@@ -1,0 +1,251 @@
+"""`sparse_finetune`: select a mask, train only those entries (plus new heads), return the diff.
+
+    result, diff = sparse_finetune(model, data.train, TrainConfig(...), FisherMaskConfig(density=0.01),
+                                   collate_fn=PadCollator(pad_id), eval_fn=..., metric=("f1", True))
+    save_diff(diff, "runs/sft/diff"); model.save_pretrained("runs/sft/model")
+
+Steps, top to bottom:
+  1. masks: `select_masks` on batches of the training data (first batches of the loop's
+     epoch-0 order), or, when resuming a run that has a checkpoint, the masks saved with it
+     (`<output_dir>/sft_masks.safetensors`), so a resumed lottery run does not redo its dense
+     phase. With several processes, rank 0's masks are broadcast.
+  2. freeze everything; new task heads (`heads`, default classifier/score/qa_outputs) stay
+     densely trainable; targeted weights become `SparseDelta` wrappers (values [k] + indices).
+  3. train with the foundation loop (`sparseft.train.loop.train`): its optimizer only sees the
+     value vectors and the heads, so gradients and AdamW state are O(k); `regrow` adds its
+     drop/regrow `post_step` hook.
+  4. extract the SparseDiff (sorted indices, deltas, W0 at those positions, dense heads, manifest
+     with the base fingerprint), then merge: the model leaves as plain modules with
+     W = W0 + delta, every unselected entry bit-identical to W0.
+
+Weight decay on the value vectors pulls the deltas towards 0, i.e. the weights towards W0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sparseft.config.targets import TargetSpec, select_modules
+from sparseft.export.fingerprint import fingerprint
+from sparseft.export.sparse_diff import SparseDiff
+from sparseft.masks.config import DEFAULT_HEADS, MaskConfig
+from sparseft.masks.mask import Masks
+from sparseft.masks.regrow import RegrowMaskConfig
+from sparseft.masks.select import select_masks
+from sparseft.registry import REGISTRY
+from sparseft.sft.layer import SparseDelta, merge_sparse_, sparsify_
+from sparseft.sft.regrow import RegrowHook, track_optimizer
+from sparseft.train.checkpoint import has_checkpoint
+from sparseft.train.config import TrainConfig
+from sparseft.train.loop import EvalFn, LossFn, TrainResult, default_loss, epoch_batches, train
+
+MASKS_FILE = "sft_masks.safetensors"
+
+
+def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cfg: TrainConfig,
+                    mask_cfg: MaskConfig, *, collate_fn, eval_fn: EvalFn | None = None,
+                    metric: tuple[str, bool] = ("loss", False), loss_fn: LossFn | None = None,
+                    base_id: str = "", heads: Sequence[str] | None = None) -> tuple[TrainResult, SparseDiff]:
+    """Sparse fine-tuning of `model` in place; returns (TrainResult, SparseDiff).
+
+    Args:
+        model: a transformers (or any torch) model; left with the trained weights merged.
+        train_data: tokenized features (see sparseft.load.tokenize); collate_fn pads them.
+        train_cfg: the loop's TrainConfig (output_dir holds checkpoints and the saved masks).
+        mask_cfg: a registered mask config (random, magnitude, fisher, lottery, regrow).
+        eval_fn / metric / loss_fn: as for `sparseft.train.loop.train`.
+        base_id: base model name for the diff's manifest (default: config._name_or_path).
+        heads: module patterns trained densely and stored densely in the diff (default:
+            classifier, score, qa_outputs); they are also excluded from the sparse targets.
+    """
+    loss_fn = loss_fn or default_loss
+    heads = list(DEFAULT_HEADS if heads is None else heads)
+    mask_cfg = mask_cfg.replace(ignore=list(dict.fromkeys([*mask_cfg.ignore, *heads])))
+    out = Path(train_cfg.output_dir)
+    head_params = dense_head_parameters(model, heads)
+
+    # 1. masks ----------------------------------------------------------------------------------
+    masks = _resume_masks(out, mask_cfg) if train_cfg.resume and has_checkpoint(out) else None
+    if masks is None:
+        batches = selection_batches(train_data, train_cfg, collate_fn, mask_cfg.batches_needed())
+        if batches:
+            model.to(_local_device())
+        masks = sync_masks(select_masks(model, mask_cfg, batches=batches, loss_fn=loss_fn))
+        _save_masks(out, masks, mask_cfg)
+    n_targeted = sum(int(m.numel()) for m in masks.values())
+    base_fp = fingerprint(model, list(masks))
+
+    # 2. freeze, keep heads trainable, swap targeted modules for SparseDelta ---------------------
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head_params.values():
+        p.requires_grad_(True)
+    layers = sparsify_(model, masks)
+    if not layers and not head_params:
+        raise ValueError("nothing to train: the mask selects no entry and the model has no dense head")
+
+    # 3. train: the optimizer sees only the value vectors and the heads ------------------------
+    hooks = ([RegrowHook(layers, mask_cfg, stop_at=planned_steps(train_data, train_cfg))]
+             if isinstance(mask_cfg, RegrowMaskConfig) else [])
+    groups = sparse_param_groups(layers, head_params, train_cfg.weight_decay)
+    try:
+        with track_optimizer([layer.values for layer in layers.values()]) as ref:
+            for hook in hooks:
+                hook.optimizer_ref = ref
+            result = train(model, train_data, train_cfg, collate_fn=collate_fn, eval_fn=eval_fn,
+                           metric=metric, loss_fn=loss_fn, post_step=hooks, param_groups=groups)
+    except BaseException:
+        merge_sparse_(model, merge=False)  # leave the plain base model behind, not wrappers
+        raise
+
+    # 4. diff, then merge -------------------------------------------------------------------------
+    manifest = {"base_model": base_id or getattr(getattr(model, "config", None), "_name_or_path", ""),
+                "base_fingerprint": base_fp, "fingerprint_tensors": sorted(masks),
+                "method": mask_cfg.to_dict(), "mask": REGISTRY.for_config(mask_cfg).name,
+                "train": train_cfg.to_dict(), "targeted_params": n_targeted, "heads": heads,
+                **task_info(model)}
+    if hooks:
+        manifest["regrow_history"] = hooks[0].history
+    diff = diff_from_layers(layers, head_params, manifest)
+    diff.manifest["density"] = diff.count / max(1, n_targeted)
+    merge_sparse_(model)
+    for p in model.parameters():
+        p.requires_grad_(True)  # a plain model again, as from_pretrained returns it
+    return result, diff
+
+
+def dense_head_parameters(model: torch.nn.Module, heads: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+    """{param fqn: parameter} of every module matching the `heads` patterns (all its parameters)."""
+    out: dict[str, torch.nn.Parameter] = {}
+    if heads:
+        for fqn, module in select_modules(model, TargetSpec(list(heads)), require_match=False):
+            for pname, p in module.named_parameters():
+                out[f"{fqn}.{pname}"] = p
+    return out
+
+
+def sparse_param_groups(layers: dict[str, SparseDelta], head_params: dict[str, torch.nn.Parameter],
+                        weight_decay: float) -> list[dict]:
+    """AdamW groups: value vectors (decayed towards W0) and head matrices decay; biases and norms
+    do not (the same rule as the loop's default groups)."""
+    decay = [layer.values for layer in layers.values()]
+    no_decay = []
+    for name, p in head_params.items():
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def planned_steps(train_data: Sequence[dict], cfg: TrainConfig) -> int:
+    """Optimizer steps the loop will run (its own formula; WORLD_SIZE processes share batches)."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    n_proc = int(os.environ.get("WORLD_SIZE", "1"))
+    n_batches = len(epoch_batches([len(x["input_ids"]) for x in train_data], cfg, 0))
+    return math.ceil(math.ceil(n_batches / n_proc) / cfg.grad_accum) * cfg.epochs
+
+
+def selection_batches(train_data: Sequence[dict], cfg: TrainConfig, collate_fn, n: int) -> list[dict]:
+    """The first `n` batches of the loop's epoch-0 order (cycling epochs if there are fewer)."""
+    if n <= 0:
+        return []
+    lengths = [len(x["input_ids"]) for x in train_data]
+    out, epoch = [], 0
+    while len(out) < n:
+        for idx in epoch_batches(lengths, cfg, epoch)[: n - len(out)]:
+            out.append(collate_fn([train_data[i] for i in idx]))
+        epoch += 1
+    return out
+
+
+def diff_from_layers(layers: dict[str, SparseDelta], head_params: dict[str, torch.Tensor],
+                     manifest: dict) -> SparseDiff:
+    """Sorted indices, fp32 deltas and W0 at those positions for each layer; heads densely."""
+    indices, values, base, shapes = {}, {}, {}, {}
+    for name, layer in layers.items():
+        order = torch.argsort(layer.indices)
+        idx = layer.indices[order]
+        indices[name] = idx.cpu()
+        values[name] = layer.values.detach()[order].float().cpu()
+        base[name] = layer.base.weight.detach().reshape(-1)[idx].cpu()
+        shapes[name] = tuple(layer.base.weight.shape)
+    dense = {name: p.detach().cpu().clone() for name, p in head_params.items()}
+    return SparseDiff(indices, values, shapes, base, dense, dict(manifest))
+
+
+def task_info(model) -> dict:
+    """{"task", "labels"} inferred from a transformers model class and config (for CLI apply)."""
+    cls = type(model).__name__
+    task = ("ner" if cls.endswith("ForTokenClassification") else
+            "cls" if cls.endswith("ForSequenceClassification") else
+            "lm" if cls.endswith("ForCausalLM") else None)
+    info: dict = {"task": task}
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if task in ("ner", "cls") and id2label:
+        info["labels"] = [id2label[i] for i in sorted(id2label)]
+    return info
+
+
+# ---- masks on disk (resume) and across processes -----------------------------------------------
+
+def _save_masks(out: Path, masks: Masks, cfg: MaskConfig) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from sparseft.utils.io import atomic_file
+
+    tensors = {n: torch.nonzero(m.reshape(-1)).reshape(-1).cpu() for n, m in masks.items()}
+    meta = {"config": cfg.to_json(), "shapes": json.dumps({n: list(m.shape) for n, m in masks.items()})}
+    with atomic_file(out / MASKS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def _resume_masks(out: Path, cfg: MaskConfig) -> Masks | None:
+    path = out / MASKS_FILE
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    if json.loads(meta["config"]) != json.loads(cfg.to_json()):
+        raise ValueError(f"{path} was selected with another mask config; resume with the same "
+                         f"config, or start afresh (resume=false / --no-resume)")
+    shapes = json.loads(meta["shapes"])  # in model order: the optimizer state is matched by position
+    saved = load_file(str(path))
+    masks = {}
+    for name, shape in shapes.items():
+        m = torch.zeros(torch.Size(shape).numel(), dtype=torch.bool)
+        m[saved[name]] = True
+        masks[name] = m.view(shape)
+    return masks
+
+
+def _local_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def sync_masks(masks: Masks) -> Masks:
+    """With several processes, make every process use rank 0's masks (selection on GPUs is not
+    bit-deterministic, and DDP needs identical value-vector shapes everywhere)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return masks
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = _local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = {}
+    for name, m in masks.items():
+        t = m.to(device=device, dtype=torch.uint8)
+        dist.broadcast(t, 0)
+        out[name] = t.bool().to(m.device)
+    return out

@@ -1,0 +1,39 @@
+"""The pruning benchmark's run plan: every run is a valid recipe whose stage configs validate
+(catches broken overrides without running anything heavy)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_prune", ROOT / "benchmarks" / "bench_prune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_planned_run_is_a_valid_recipe(quick):
+    from sparseft.config.recipe import load_recipe
+    from sparseft.methods import build_stage_config
+
+    bench = _bench()
+    args = argparse.Namespace(quick=quick, full_train=False, sparsities=[0.5, 0.7, 0.9], lm_model="smollm2",
+                              lm_data="", runs=None)
+    counts = {}
+    for part in bench.PARTS:
+        runs = bench.plan(part, args)
+        counts[part] = len(runs)
+        for run in runs:
+            recipe = load_recipe(ROOT / run["recipe"], run["overrides"])
+            for stage in recipe.stages:
+                build_stage_config(stage, recipe)
+            assert recipe.output_dir.endswith(run["name"])
+    assert counts == {"teacher": 1, "oneshot": 6, "gradual": 6, "nm": 2, "structured": 2, "lm": 7}

@@ -1,0 +1,121 @@
+"""Gradual pruning: the cubic schedule, and masks that survive real optimizer steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparseft.compress.prune import MagnitudePruneConfig, nonzero_masks, prune_, sparsity_report
+from sparseft.compress.prune.common import n_pruned
+from sparseft.compress.prune.movement import MovementScorer
+from sparseft.compress.prune.schedule import CubicSchedule, GradualPruner, KeepMasks, MagnitudeScorer
+
+IGNORE = MagnitudePruneConfig().ignore
+
+
+def test_cubic_schedule_values():
+    s = CubicSchedule(0.0, 0.8, start=10, end=110, every=10)
+    assert s.sparsity_at(0) == 0.0 and s.sparsity_at(10) == 0.0
+    assert s.sparsity_at(60) == pytest.approx(0.8 - 0.8 * 0.5 ** 3)
+    assert s.sparsity_at(110) == 0.8 and s.sparsity_at(500) == 0.8
+    assert [t for t in range(0, 130) if s.is_prune_step(t)] == list(range(10, 111, 10))
+    values = [s.sparsity_at(t) for t in range(10, 111)]
+    assert all(b >= a for a, b in zip(values, values[1:]))          # monotone
+    with pytest.raises(ValueError, match="exceeds"):
+        CubicSchedule(0.5, 0.3, 0, 10)
+    with pytest.raises(ValueError, match="start"):
+        CubicSchedule(0.0, 0.5, 10, 5)
+
+
+@pytest.fixture
+def ner_data(toy_ner_files, tiny_tokenizer):
+    from sparseft.load.data import DataConfig, build_task_data
+
+    train, dev = toy_ner_files
+    return build_task_data(DataConfig(task="ner", train=str(train), eval=str(dev), max_length=32), tiny_tokenizer)
+
+
+@pytest.fixture
+def ner_model(tiny_bert_dir, ner_data):
+    from sparseft.load.model import load_model
+
+    torch.manual_seed(0)
+    return load_model(str(tiny_bert_dir), "ner", labels=ner_data.labels)
+
+
+def _train(model, data, tmp_path, post_step, steps=6, **kw):
+    from sparseft.load.tokenize import PadCollator
+    from sparseft.train.config import TrainConfig
+    from sparseft.train.loop import train
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=steps, batch_size=4, lr=1e-2, warmup_ratio=0.0,
+                      eval_every="never", progress=False, resume=False, log_every=1, **kw)
+    return train(model, data.train, cfg, collate_fn=PadCollator(0), post_step=post_step)
+
+
+def test_one_shot_masks_survive_training(ner_model, ner_data, tmp_path):
+    bert_ner = ner_model
+    prune_(bert_ner, MagnitudePruneConfig(sparsity=0.7))
+    masks = nonzero_masks(bert_ner)
+    before = {n: p.detach().clone() for n, p in bert_ner.named_parameters() if n in masks}
+    seen = []
+
+    def check(model, step):      # runs after KeepMasks, i.e. right after every optimizer step
+        params = dict(model.named_parameters())
+        seen.append(all(bool((params[n][~m] == 0).all()) for n, m in masks.items()))
+
+    _train(bert_ner, ner_data, tmp_path, [KeepMasks(masks), check])
+    assert seen and all(seen)
+    params = dict(bert_ner.named_parameters())
+    assert any(not torch.equal(params[n], before[n]) for n in masks)          # kept weights did train
+    assert sparsity_report(bert_ner)["zeros"] == n_pruned(sparsity_report(bert_ner)["entries"], 0.7)
+
+
+@pytest.mark.parametrize("scorer_cls", [MagnitudeScorer, MovementScorer])
+def test_gradual_pruner_reaches_final_sparsity(ner_model, ner_data, tmp_path, scorer_cls):
+    bert_ner = ner_model
+    from sparseft.compress.prune.common import prunable_weights
+
+    names = [n for n, _ in prunable_weights(bert_ner, ["Linear"], IGNORE)]
+    sched = CubicSchedule(0.0, 0.8, start=1, end=5, every=2)
+    pruner = GradualPruner(bert_ner, sched, scorer_cls(names), targets=["Linear"], ignore=IGNORE)
+    levels = []
+
+    def check(model, step):
+        rep = sparsity_report(model)
+        levels.append(rep["sparsity"])
+        assert rep["zeros"] >= n_pruned(rep["entries"], pruner.current)  # pruned stay zero
+
+    _train(bert_ner, ner_data, tmp_path, [pruner, check], steps=7)
+    rep = sparsity_report(bert_ner)
+    assert rep["zeros"] == n_pruned(rep["entries"], 0.8)
+    assert [h["step"] for h in pruner.history] == [3, 5]          # step 1 is at the initial 0%
+    assert levels == sorted(levels) and levels[0] < levels[-1] == pytest.approx(0.8, abs=1e-3)
+
+
+def test_masks_only_shrink(bert_ner):
+    from sparseft.compress.prune.common import prunable_weights
+
+    names = [n for n, _ in prunable_weights(bert_ner, ["Linear"], IGNORE)]
+    pruner = GradualPruner(bert_ner, CubicSchedule(0.3, 0.6, start=0, end=2, every=1), MagnitudeScorer(names),
+                           targets=["Linear"], ignore=IGNORE)
+    first = {n: m.clone() for n, m in pruner.masks.items()}
+    with torch.no_grad():   # make pruned weights large: they must not come back
+        for n, p in bert_ner.named_parameters():
+            if n in first:
+                p[~first[n]] = 10.0
+    pruner(bert_ner, 1)
+    for n, m in pruner.masks.items():
+        assert not (m & ~first[n]).any()
+
+
+def test_resume_rebuilds_masks_from_zeros(bert_ner):
+    from sparseft.compress.prune.common import prunable_weights
+
+    prune_(bert_ner, MagnitudePruneConfig(sparsity=0.5))
+    names = [n for n, _ in prunable_weights(bert_ner, ["Linear"], IGNORE)]
+    pruner = GradualPruner(bert_ner, CubicSchedule(0.0, 0.5, start=0, end=10, every=5), MagnitudeScorer(names),
+                           targets=["Linear"], ignore=IGNORE)
+    pruner(bert_ner, 7)                # first call after a resume at step 6
+    assert pruner.current == pytest.approx(0.5, abs=1e-3)
+    assert sparsity_report(bert_ner)["sparsity"] == pytest.approx(0.5, abs=1e-3)
