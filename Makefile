@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.sparseft-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench bench-baselines clean-venv
+.PHONY: demo test bench bench-summary clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Heavy runs: never part of `make test`. Results go to benchmarks/results/*.json and BENCHMARKS.md.
+# Each script can also run in parts (see its --help and docs/); budgets on 2 CPU cores are in
+# benchmarks/README.md. summarize.py regenerates BENCHMARKS.md from benchmarks/results/*.json.
 bench: $(STAMP)
 	$(PY) benchmarks/run.py all
+	$(PY) benchmarks/bench_sft.py run
+	$(PY) benchmarks/bench_quant.py
+	$(PY) benchmarks/bench_prune.py
+	$(PY) benchmarks/bench_chat.py
+	$(PY) benchmarks/summarize.py
+
+bench-summary: $(STAMP)
 	$(PY) benchmarks/summarize.py
 
 clean-venv:

@@ -2,7 +2,9 @@
 
     python benchmarks/bench_prune.py                          # every part, in order
     python benchmarks/bench_prune.py --only teacher oneshot   # some parts
-    python benchmarks/bench_prune.py --quick                  # smoke test: tiny limits (minutes)
+    python benchmarks/bench_prune.py --only lm --runs sparsegpt   # runs whose name contains ...
+    python benchmarks/bench_prune.py --quick --only teacher oneshot --runs teacher 90_oneshot_kd
+                                       # smoke test: tiny limits, results under benchmarks/runs/prune_quick
 
 Parts (each a list of recipe runs; every run is `sparseft run <recipe> <overrides>` in its own
 process, so its peak memory is its own):

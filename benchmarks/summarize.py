@@ -100,7 +100,18 @@ def render(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _notes() -> dict:
+    """Optional human notes per experiment (benchmarks/notes.yaml): caveats about a run."""
+    path = ROOT / "benchmarks" / "notes.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def main() -> int:
+    notes = _notes()
     records = []
     for path in sorted(RESULTS.glob("*.json")):
         try:
@@ -109,6 +120,8 @@ def main() -> int:
             print(f"skipping {path}: {exc}", file=sys.stderr)
             continue
         if isinstance(rec, dict) and rec.get("experiment") and not rec.get("smoke"):
+            if rec["experiment"] in notes:
+                rec = {**rec, "notes": "\n".join(filter(None, [rec.get("notes"), notes[rec["experiment"]]]))}
             records.append(rec)
     (ROOT / "BENCHMARKS.md").write_text(render(records))
     print(f"BENCHMARKS.md: {len({r['experiment'] for r in records})} experiments from {len(records)} records")
