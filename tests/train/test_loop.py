@@ -53,27 +53,29 @@ class _Kill(Exception):
     pass
 
 
-def test_killed_run_resumes_to_the_same_weights(setup, tmp_path):
-    """Uninterrupted vs killed at step 7 (checkpoint every 5 steps, mid-epoch) and resumed."""
+@pytest.mark.parametrize("batch_size,save_every,kill_at", [(4, 5, 7), (8, 1, 2), (8, 2, 3)])
+def test_killed_run_resumes_to_the_same_weights(setup, tmp_path, batch_size, save_every, kill_at):
+    """Uninterrupted vs killed after a mid-epoch checkpoint and resumed: bit-identical (dropout on)."""
     data, fresh, collate = setup
+    cfg = dict(batch_size=batch_size, save_every=save_every)
     ref = fresh()
-    train(ref, data.train, _cfg(tmp_path, "ref", save_every=5), collate_fn=collate)
+    ref_result = train(ref, data.train, _cfg(tmp_path, "ref", **cfg), collate_fn=collate)
 
-    def kill_at_7(model, step):
-        if step == 7:
+    def kill(model, step):
+        if step == kill_at:
             raise _Kill()
 
     killed = fresh()
     with pytest.raises(_Kill):
-        train(killed, data.train, _cfg(tmp_path, "run", save_every=5), collate_fn=collate, post_step=[kill_at_7])
+        train(killed, data.train, _cfg(tmp_path, "run", **cfg), collate_fn=collate, post_step=[kill])
     resumed = fresh()  # a new process would start from scratch weights, then load the checkpoint
-    result = train(resumed, data.train, _cfg(tmp_path, "run", save_every=5), collate_fn=collate)
-    assert result.steps == 18
+    result = train(resumed, data.train, _cfg(tmp_path, "run", **cfg), collate_fn=collate)
+    assert result.steps == ref_result.steps
     ref_state, res_state = _state(ref), _state(resumed)
     for k in ref_state:
         assert torch.equal(ref_state[k], res_state[k]), k
     steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps) and steps[-1] == 18 and len(steps) == len(set(steps))
+    assert steps == sorted(steps) and steps[-1] == result.steps and len(steps) == len(set(steps))
 
 
 def test_gradient_accumulation_matches_large_batch(tiny_bert_dir, tiny_tokenizer, toy_cls_file, tmp_path):

@@ -112,7 +112,11 @@ def epoch_batches(lengths: Sequence[int], cfg: TrainConfig, epoch: int) -> list[
 
 def epoch_loader(data: Sequence[dict], cfg: TrainConfig, epoch: int, collate_fn) -> DataLoader:
     lengths = [len(x["input_ids"]) for x in data]
-    return DataLoader(data, batch_sampler=epoch_batches(lengths, cfg, epoch), collate_fn=collate_fn)
+    # Its own generator: creating a DataLoader iterator draws a base seed, and drawing it from the
+    # global RNG would shift dropout after a mid-epoch resume (the resumed run creates one more).
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 1)
+    return DataLoader(data, batch_sampler=epoch_batches(lengths, cfg, epoch), collate_fn=collate_fn,
+                      generator=gen)
 
 
 def peak_memory_mb() -> float:
