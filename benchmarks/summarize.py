@@ -52,12 +52,21 @@ def _env_line(rec: dict) -> str:
             f"date: {e.get('date')}; commit: {commit}; torch {(e.get('versions') or {}).get('torch')}")
 
 
+_LONG_TEXT = ("equivalent", "command")
+
+
 def _table(rows: list[dict]) -> list[str]:
+    """Scalar columns as a table; nested values are left to the JSON; per-row commands below it."""
     cols: list[str] = []
     for r in rows:
-        cols += [k for k in r if k not in cols]
+        cols += [k for k, v in r.items() if k not in cols and k not in _LONG_TEXT
+                 and not isinstance(v, (dict, list))]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    cmds = [(r.get("run") or r.get("row") or r.get("name") or i, r.get(k)) for i, r in enumerate(rows)
+            for k in _LONG_TEXT if r.get(k)]
+    if cmds:
+        out += ["", "Commands per row:", ""] + [f"- {name}: `{cmd}`" for name, cmd in cmds]
     return out
 
 

@@ -15,22 +15,29 @@ import sys
 
 import pytest
 
+from sparseft.cli.main import main
 
-def _run(args: list[str], out) -> list[dict]:
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "sft" / "log.jsonl").read_text().splitlines()]
+
+
+def _run_two_processes(args: list[str], out) -> list[dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "SPARSEFT_DEBUG": "1"}
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, "-m", "sparseft.cli.main", "chat-sft", *args, "--output-dir", str(out)],
-                          capture_output=True, text=True, env=env, timeout=150)
+    proc = subprocess.run([sys.executable, "-m", "sparseft.cli.main", "chat-sft", *args, "--num-processes", "2",
+                           "--output-dir", str(out)], capture_output=True, text=True, env=env, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in (out / "sft" / "log.jsonl").read_text().splitlines()]
+    return _log(out)
 
 
 def test_two_processes_match_one_process(tiny_llama_dir, toy_chat_files, tmp_path):
     train, evals = toy_chat_files
     common = ["--model", str(tiny_llama_dir), "--train", str(train), "--eval", str(evals), "--max-steps", "4",
               "--lr", "3e-3", "--log-every", "1", "--eval-every", "never", "--no-save", "--seed", "7"]
-    two = _run(common + ["--batch-size", "2", "--num-processes", "2"], tmp_path / "two")
-    one = _run(common + ["--batch-size", "4"], tmp_path / "one")
+    two = _run_two_processes(common + ["--batch-size", "2"], tmp_path / "two")
+    assert main(["chat-sft", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "one")]) == 0  # in-process
+    one = _log(tmp_path / "one")
     # rank 0 alone writes the log: one record per step proves Accelerate ran as 2 synced processes
     assert [r["step"] for r in two] == [1, 2, 3, 4] == [r["step"] for r in one]
     report = json.loads((tmp_path / "two" / "metrics.json").read_text())["stages"]["sft"]

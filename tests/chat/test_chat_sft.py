@@ -27,18 +27,25 @@ def _sft(tiny_llama_dir, files, out, *extra) -> dict:
     return json.loads((out / "metrics.json").read_text())["stages"]
 
 
-def test_full_and_lora_lower_the_response_loss(tiny_llama_dir, toy_chat_files, tmp_path):
+def test_full_and_lora_lower_the_response_loss(tiny_llama_dir, toy_chat_files, tmp_path, monkeypatch, capsys):
     full = _sft(tiny_llama_dir, toy_chat_files, tmp_path / "full", "--lr", "3e-3")
     assert full["after"]["response_loss"] < full["before"]["response_loss"] - 0.2
     assert (tmp_path / "full" / "model" / "model.safetensors").exists()
 
     lora = _sft(tiny_llama_dir, toy_chat_files, tmp_path / "lora", "--lora_dim", "4", "--lr", "3e-2",
-                "--packing", "--no-save")
+                "--packing", "--gradient_checkpointing", "--no-save")
     assert lora["sft"]["mode"] == "lora" and lora["sft"]["lora_layers"] == 14  # 2 layers x 7 Linear
+    assert lora["sft"]["gradient_checkpointing"]
     assert lora["sft"]["trainable_params"] < full["sft"]["trainable_params"] / 4
     assert lora["sft"]["packing"] and lora["sft"]["examples_per_row"] > 1
     assert lora["after"]["response_loss"] < lora["before"]["response_loss"] - 0.05
     assert (tmp_path / "lora" / "sft" / "adapter" / "adapter_config.json").exists()
+    # `sparseft chat MODEL --adapter DIR` merges the adapter and answers on a pipe
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("john visited\n"))
+    assert main(["chat", str(tiny_llama_dir), "--adapter", str(tmp_path / "lora" / "sft" / "adapter"),
+                 "--max-new-tokens", "3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
 
 
 def test_sparse_mode_saves_a_diff_that_reproduces_the_model(tiny_llama_dir, toy_chat_files, tmp_path,

@@ -105,3 +105,26 @@ def test_truncate_example_budget(n_prompt, n_resp, max_len):
     assert kept_resp, "the response must never be cut away entirely"
     assert kept_resp == ids[n_prompt:n_prompt + len(kept_resp)]  # response keeps its start
     assert cut == (len(kept_resp) < n_resp)
+
+
+@pytest.mark.slow
+def test_smollm2_chatml_masks_on_dolly():
+    """The real BPE tokenizer and ChatML template of SmolLM2 on Dolly records: the labelled tokens
+    decode to exactly the response plus the end-of-turn marker."""
+    from chat_fixtures import shared_data
+
+    from sparseft.chat.formats import read_chat_file
+    from sparseft.load.model import ModelNotFound, load_tokenizer
+
+    path = shared_data("dolly_open_qa", "validation.jsonl")
+    try:
+        tok = load_tokenizer("smollm2")
+    except ModelNotFound as exc:
+        pytest.skip(str(exc))
+    convs, _ = records_to_conversations(read_chat_file(path)[:40])
+    tmpl = resolve_template(tok)
+    assert tmpl.name == "model" and "<|im_start|>" in tmpl.render(convs[0])
+    for conv in convs:
+        feat = tokenize_conversation(conv, tmpl, max_seq_len=4096)
+        labelled = tok.decode([x for x in feat["labels"] if x != IGNORE_INDEX])
+        assert labelled == conv[-1]["content"] + "<|im_end|>\n"

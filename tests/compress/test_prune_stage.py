@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sparseft.compress.prune import sparsity_report
 from sparseft.config.recipe import Recipe

@@ -172,3 +172,11 @@ def test_diffs_fingerprinted_over_different_tensors_compose():
     c = make_diff(base_model(seed=5), {"0.weight": [3]}, 3)
     with pytest.raises(BaseMismatch):
         compose([a, c])
+
+
+def test_dense_only_diff_applies_after_a_body():
+    model = base_model()
+    diff = make_diff(model, {"0.weight": [0, 1]}, dense=True)
+    apply_diff_(model, diff.without_dense())
+    apply_diff_(model, diff.dense_only())  # heads do not depend on the base weights
+    assert torch.equal(model.state_dict()["2.bias"], diff.dense["2.bias"])

@@ -144,77 +144,89 @@ def _chat_data(ctx, name: str):
 def chat_sft_stage(ctx, cfg: ChatSFTConfig, name: str) -> None:
     chat = _chat_data(ctx, name)
     check_cpu_distributed()
-    out = Path(cfg.output_dir)
-    model = ctx.model
     train_data = pack_features(chat.train, chat.max_seq_len) if cfg.packing else chat.train
-    collate, loss_fn = ChatCollator(ctx.pad_id), ResponseLoss()
     eval_fn = None
     if chat.eval and cfg.train.eval_every != "never":
         def eval_fn(m):
             return response_loss(m, chat.eval, pad_id=ctx.pad_id, batch_size=cfg.train.eval_batch_size)
+    kw = {"collate_fn": ChatCollator(ctx.pad_id), "eval_fn": eval_fn, "loss_fn": ResponseLoss()}
+    model = ctx.model
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    extra: dict[str, Any] = {}
     with PhasePeak() as peak:
         if cfg.mode == "full":
-            for p in model.parameters():
-                p.requires_grad_(True)
-            extra["trainable_params"] = trainable_count(model)
-            result = train(model, train_data, cfg.train, collate_fn=collate, eval_fn=eval_fn,
-                           metric=("loss", False), loss_fn=loss_fn)
+            result, extra = _train_full(model, train_data, cfg, kw)
         elif cfg.mode == "lora":
-            names = lora_target_names(model, cfg.lora_module_name)
-            rank = cfg.lora_dim
-            if cfg.lora_dim_for_density is not None:
-                mods = dict(model.named_modules())
-                target = round(cfg.lora_dim_for_density * sum(mods[n].weight.numel() for n in names))
-                rank = lora_rank_for_count(model, cfg.lora_module_name, target)
-                extra["lora_matched_count"] = target
-            model = apply_lora(model, rank=rank, alpha=cfg.lora_alpha, module_name=cfg.lora_module_name,
-                               dropout=cfg.lora_dropout)
-            extra.update(trainable_params=trainable_count(model), lora_dim=rank, lora_layers=len(names))
-            result = train(model, train_data, cfg.train, collate_fn=collate, eval_fn=eval_fn,
-                           metric=("loss", False), loss_fn=loss_fn)
+            result, extra, model = _train_lora(model, train_data, cfg, kw)
         else:
-            mcfg = mask_config(cfg.mask, cfg.density, cfg.mask_options)
-            result, diff = run_sparse(model, train_data, cfg.train, mcfg, collate_fn=collate, eval_fn=eval_fn,
-                                      loss_fn=loss_fn, base_id=ctx.recipe.model)
-            extra.update(trainable_params=diff.count + diff.dense_count, mask=cfg.mask, density=cfg.density)
+            result, extra = _train_sparse(model, train_data, cfg, kw, base_id=ctx.recipe.model)
     if cfg.mode == "lora":
-        _save_adapter(model, out / "adapter")
-        extra["adapter"] = str(out / "adapter")
-        if cfg.merge_lora:
-            ctx.model = model.merge_and_unload()
-        else:
-            ctx.model = model
-    elif cfg.mode == "sparse":
-        from sparseft.export.sparse_diff import save_diff
-        from sparseft.sft.layer import merge_sparse_, sparse_layers
-
-        if sparse_layers(model):  # the engine should hand back plain modules; make sure
-            merge_sparse_(model)
-        save_diff(diff, out / "diff")
-        extra["diff"] = str(out / "diff")
+        ctx.model = model.merge_and_unload() if cfg.merge_lora else model
     if cfg.gradient_checkpointing:
         ctx.model.gradient_checkpointing_disable()
     ctx.state[name] = result
     losses = [h["loss"] for h in result.history if "loss" in h]
-    dist = torch.distributed
     ctx.report.log(name, {
-        "mode": cfg.mode, **extra, "packing": cfg.packing,
+        "mode": cfg.mode, **extra, "packing": cfg.packing, "gradient_checkpointing": cfg.gradient_checkpointing,
         **(packing_stats(train_data, chat.max_seq_len) if cfg.packing else {}),
-        "num_processes": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
-        "steps": result.steps, "train_seconds": result.train_seconds, "seconds_per_step": result.seconds_per_step,
-        "tokens_per_second": result.tokens_per_second, "peak_memory_mb": peak.peak_mb,
-        "peak_memory_is_phase": peak.reset, "memory_before_mb": peak.before_mb,
+        "num_processes": _world()[1], "steps": result.steps, "train_seconds": result.train_seconds,
+        "seconds_per_step": result.seconds_per_step, "tokens_per_second": result.tokens_per_second,
+        "peak_memory_mb": peak.peak_mb, "peak_memory_is_phase": peak.reset, "memory_before_mb": peak.before_mb,
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "best_eval_loss": result.best_metric, "best_step": result.best_step})
 
 
-def _save_adapter(model, path: Path) -> None:
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
+def _train_full(model, data, cfg: ChatSFTConfig, kw: dict):
+    for p in model.parameters():
+        p.requires_grad_(True)
+    extra = {"trainable_params": trainable_count(model)}
+    return train(model, data, cfg.train, metric=("loss", False), **kw), extra
+
+
+def _train_lora(model, data, cfg: ChatSFTConfig, kw: dict):
+    """Wrap in peft LoRA, train, save the adapter (rank 0); returns (result, extra, peft model)."""
+    names = lora_target_names(model, cfg.lora_module_name)
+    rank, extra = cfg.lora_dim, {}
+    if cfg.lora_dim_for_density is not None:
+        mods = dict(model.named_modules())
+        target = round(cfg.lora_dim_for_density * sum(mods[n].weight.numel() for n in names))
+        rank = lora_rank_for_count(model, cfg.lora_module_name, target)
+        extra["lora_matched_count"] = target
+    model = apply_lora(model, rank=rank, alpha=cfg.lora_alpha, module_name=cfg.lora_module_name,
+                       dropout=cfg.lora_dropout)
+    extra.update(trainable_params=trainable_count(model), lora_dim=rank, lora_layers=len(names))
+    result = train(model, data, cfg.train, metric=("loss", False), **kw)
+    path = Path(cfg.output_dir) / "adapter"
+    if _world()[0] == 0:
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp)
+    extra["adapter"] = str(path)
+    return result, extra, model
+
+
+def _train_sparse(model, data, cfg: ChatSFTConfig, kw: dict, *, base_id: str):
+    """Sparse fine-tuning through the engine; the diff is saved (rank 0), the model keeps W0 + delta."""
+    from sparseft.export.sparse_diff import save_diff
+    from sparseft.sft.layer import merge_sparse_, sparse_layers
+
+    mcfg = mask_config(cfg.mask, cfg.density, cfg.mask_options)
+    result, diff = run_sparse(model, data, cfg.train, mcfg, base_id=base_id, **kw)
+    if sparse_layers(model):  # the engine hands back plain modules; make sure
+        merge_sparse_(model)
+    path = Path(cfg.output_dir) / "diff"
+    if _world()[0] == 0:
+        save_diff(diff, path)
+    return result, {"trainable_params": diff.count + diff.dense_count, "mask": cfg.mask, "density": cfg.density,
+                    "diff": str(path)}
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the process group the training loop set up (0, 1 without one)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 @dataclass

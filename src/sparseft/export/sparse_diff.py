@@ -218,6 +218,8 @@ def check_base(model: torch.nn.Module, diff: SparseDiff) -> str:
     expected = diff.manifest.get("base_fingerprint")
     names = diff.manifest.get("fingerprint_tensors") or sorted(diff.indices)
     params = _params(model, diff)
+    if not diff.indices:
+        return "nothing to check (dense tensors only)"
     if expected and all(n in params for n in names) and fingerprint(model, names) == expected:
         return "fingerprint"
     has_base = bool(diff.indices) and all(n in diff.base_values for n in diff.indices)

@@ -136,7 +136,7 @@ def _log_result(ctx, name: str, pcfg: BaseConfig, out_dir: str, before: dict | N
     ctx.report.log(name, metrics)
     ctx.state[f"{name}_prune"] = {"config": pcfg, "sparsity": sparsity}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(out_dir) / "sparsity.json", {k: v for k, v in metrics.items()})
+    atomic_write_json(Path(out_dir) / "sparsity.json", metrics)
     save_config(pcfg, out_dir, "sparseft_prune.json")
 
 
@@ -149,7 +149,7 @@ def prune_stage(ctx, cfg: PruneStageConfig, name: str) -> None:
     prune_(ctx.model, pcfg, batches=batches)
     seconds = time.perf_counter() - t0
     _log_result(ctx, name, pcfg, cfg.output_dir, before, _cost(ctx.model, cfg),
-                {"prune_seconds": seconds, "calib_examples": cfg.calib_samples if batches else 0,
+                {"prune_seconds": seconds, "calib_examples": sum(len(b["input_ids"]) for b in batches or []),
                  "structure_before": structure_before})
 
 
@@ -212,7 +212,8 @@ class PruneFinetuneConfig(TrainConfig):
             raise ValueError(f"schedule='cubic' supports pruners {GRADUAL_PRUNERS}, got {self.pruner!r}; "
                              f"use schedule='oneshot' for the others")
         if "sparsity" in self.pruner_args:
-            raise ValueError("with schedule='cubic' set final_sparsity (and initial_sparsity), not pruner_args.sparsity")
+            raise ValueError("with schedule='cubic' set final_sparsity (and initial_sparsity), "
+                             "not pruner_args.sparsity")
         CubicSchedule(self.initial_sparsity, self.final_sparsity, 0, 1)   # validates the sparsities
         return build_pruner_config(self.pruner, self.pruner_args, sparsity=self.final_sparsity)
 

@@ -64,7 +64,8 @@ class StructuredPruneConfig(BaseConfig):
             raise ValueError(f"importance must be one of {IMPORTANCE}, got {self.importance!r}")
         if self.multiple_of < 1:
             raise ValueError(f"multiple_of must be >= 1, got {self.multiple_of}")
-        if any(not isinstance(i, int) or i < 0 for i in self.drop_layers) or len(set(self.drop_layers)) != len(self.drop_layers):
+        bad = any(not isinstance(i, int) or i < 0 for i in self.drop_layers)
+        if bad or len(set(self.drop_layers)) != len(self.drop_layers):
             raise ValueError(f"drop_layers must be distinct block indices >= 0, got {self.drop_layers}")
         if not (self.ffn_sparsity or self.head_sparsity or self.drop_layers):
             raise ValueError("nothing to prune: set ffn_sparsity, head_sparsity or drop_layers")

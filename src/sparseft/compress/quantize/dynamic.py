@@ -117,15 +117,17 @@ class DynamicInt8Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
-        # per-tensor asymmetric uint8: x ~ (xq - zp) * s, range widened to include 0
+        # per-tensor asymmetric uint8: x ~ (xq - zp) * s over [min(x, 0), max(x, 0)]. The grid has
+        # 254 steps, so x / s + zp + 0.5 lies in [0, 255.5) and truncating to uint8 rounds to
+        # nearest without a clamp pass (two elementwise passes instead of four).
         lo, hi = torch.aminmax(x)
-        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-        s = ((hi - lo) / 255).clamp_min(1e-8)                                # 0-dim
-        zp = torch.round(-lo / s)
-        xq = (x / s).round_().add_(zp).clamp_(0, 255).to(torch.uint8)        # [M, in]
+        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+        s = max((hi - lo) / 254, 1e-8)
+        zp = round(-lo / s)
+        xq = x.mul(1.0 / s).add_(zp + 0.5).to(torch.uint8)                   # [M, in]
         zeros = torch.zeros(self.out_features, dtype=torch.long)
-        return torch.ops.onednn.qlinear_pointwise.tensor(
-            xq, s, zp.long(), self._onednn_weight(), self.weight_scale, zeros, self.bias,
+        return torch.ops.onednn.qlinear_pointwise(
+            xq, s, zp, self._onednn_weight(), self.weight_scale, zeros, self.bias,
             1.0, 0, torch.float32, "none", [], "")                          # [M, out] f32
 
     def _forward_int_mm(self, x: torch.Tensor) -> torch.Tensor:
