@@ -36,6 +36,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -81,6 +82,7 @@ def run_part(part: str, args) -> dict:
     from sparseft.pipeline import run as run_recipe
 
     raw = recipe_for(part, args)
+    shutil.rmtree(raw["output_dir"], ignore_errors=True)  # a fresh run folder (no stale log or checkpoint)
     t0 = time.perf_counter()
     ctx = run_recipe(Recipe.from_dict(raw), print_report=False)
     s = ctx.report.sections

@@ -6,15 +6,17 @@ SmolLM2-135M perplexity on WikiText-2.
     python benchmarks/bench_quant.py --only minilm --rows fp32 dyn_int8 torch_qdynamic
     python benchmarks/bench_quant.py --quick                # smoke test: tiny limits, results not in results/
 
-Parts (every row runs in its own process, so its peak memory is its own):
+Parts (minilm and smollm2 rows each run in their own process, so their peak memory is their own):
 
   linear   microbenchmark of dynamic-int8 kernels on MiniLM's Linear shapes (384->1536, 1536->384,
            384->384) at 64 tokens (batch 1 x 64) and 2,048 tokens (batch 32 x 64): fp32, ours
-           (oneDNN qlinear, torch._int_mm), torch.ao quantize_dynamic (fbgemm, deprecated) and torchao
+           (oneDNN qlinear, torch._int_mm), weight-only `_weight_int8pack_mm`, torch.ao
+           quantize_dynamic (fbgemm, deprecated) and torchao
            Int8DynamicActivationInt8WeightConfig (if installed: pip install -e .[quant]).
   minilm   the fine-tuned MiniLM (--model-dir, default: the lead's conll2003_full baseline) on CoNLL
            dev: F1, size on disk, CPU latency (batch 1) and throughput (batch 32) at seq_len 64 for
-           fp32, dynamic int8 (ours / torch reference / torchao), int4 RTN, k-means-16, NF4 weight-only,
+           fp32, dynamic int8 (ours: oneDNN default, int_mm, opt-in fbgemm; torch.ao reference;
+           torchao), int4 RTN, k-means-16, NF4 weight-only,
            50% sparse + int8 and structured-pruned + int8 (both also int8 embeddings).
   smollm2  SmolLM2-135M perplexity on WikiText-2 for fp32, dynamic int8, int8 RTN, int4 RTN, int4 GPTQ
            (same grid as int4 RTN) and NF4.
@@ -45,8 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("linear", "minilm", "smollm2")
-MINILM_ROWS = ("fp32", "dyn_int8", "dyn_int8_int_mm", "torch_qdynamic", "torchao_int8", "rtn_int4", "kmeans16",
-               "nf4", "sparse50_int8", "structured_int8")
+MINILM_ROWS = ("fp32", "dyn_int8", "dyn_int8_int_mm", "dyn_int8_fbgemm", "torch_qdynamic", "torchao_int8",
+               "rtn_int4", "kmeans16", "nf4", "sparse50_int8", "structured_int8")
 LM_ROWS = ("fp32", "dyn_int8", "rtn_int8", "rtn_int4", "gptq_int4", "nf4")
 CONLL_DEV = "../shared/data/conll2003/eng.testa"
 CONLL_TRAIN = "../shared/data/conll2003/eng.train"
@@ -102,6 +104,9 @@ def linear_part(args) -> list[dict]:
         kernels = {"fp32": lin, "ours_int_mm": DynamicInt8Linear.from_linear(lin, "int_mm")}
         if onednn_available():
             kernels["ours_onednn"] = DynamicInt8Linear.from_linear(lin, "onednn")
+        w8 = kernels["ours_int_mm"]  # weight-only int8 GEMM on the same codes, fp32 activations
+        kernels["weight_int8pack_mm"] = lambda x, w8=w8: torch.ops.aten._weight_int8pack_mm(
+            x, w8.weight_int8, w8.weight_scale) + w8.bias
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             kernels["torch_qdynamic"] = torch.ao.quantization.quantize_dynamic(
@@ -120,7 +125,7 @@ def linear_part(args) -> list[dict]:
             with torch.inference_mode():
                 ref = lin(x)
             for name, fn in kernels.items():
-                t = _time_us(fn, x, args.repeats * 3)
+                t = _time_us(fn, x, 3 if name == "weight_int8pack_mm" else args.repeats * 3)  # very slow
                 with torch.inference_mode():
                     err = sqnr_db(ref, fn(x))
                 rows.append({"shape": f"{k}->{n}", "tokens": tokens, "kernel": name, **t, "sqnr_db": err,
@@ -216,8 +221,8 @@ def minilm_row(row: str, args) -> dict:
         if row != "dyn_int8" and args.embed_bits:
             quantize_(model, RTNConfig(bits=args.embed_bits, targets=["Embedding"], ignore=[]))
             out["notes"] = f"word/position embeddings int{args.embed_bits} RTN per row"
-    elif row == "dyn_int8_int_mm":
-        quantize_(model, DynamicInt8Config(backend="int_mm"))
+    elif row in ("dyn_int8_int_mm", "dyn_int8_fbgemm"):
+        quantize_(model, DynamicInt8Config(backend=row.removeprefix("dyn_int8_")))
     elif row == "torch_qdynamic":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -373,7 +378,8 @@ def run_part(part: str, args) -> Path | None:
                 print(f"  skipped: {rows[-1]['skipped']}")
         finish_rows(part, rows)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    record = {"experiment": f"quant_{part}", "command": " ".join(["python", "benchmarks/bench_quant.py", *sys.argv[1:]]),
+    command = " ".join(["python", "benchmarks/bench_quant.py", *sys.argv[1:]])
+    record = {"experiment": f"quant_{part}", "command": command,
               "data": data_note(args), "quick": args.quick, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows}
     folder = (ROOT / "benchmarks" / "runs" / "quant_quick" / "results") if args.quick else RESULTS
@@ -426,6 +432,10 @@ def main() -> int:
     os.chdir(ROOT)
     if args.child:
         return child(*args.child)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the linear part runs in this process
     if args.quick:
         args.eval_limit = args.eval_limit or 16
         args.calib_samples, args.windows, args.calib_windows = 8, 2, 2

@@ -2,8 +2,9 @@
 
 `sparseft chat-sft --num-processes 2` writes the recipe and starts
 `python -m torch.distributed.run --standalone --nproc_per_node 2 -m sparseft.cli.main run ...`.
-Global batch 4 = 2 processes x 2 vs 1 process x 4; the loop shards batches so every step sees the
-same 4 examples, and ResponseLoss normalises by the labelled tokens of the global batch.
+Global batch 4 = 2 processes x 2 vs 1 process x 4 (full fine-tuning), and 2 packed rows = 2 x 1
+vs 1 x 2 (LoRA with packing); the loop shards batches so every step sees the same examples, and
+ResponseLoss normalises by the labelled tokens of the global batch.
 """
 
 from __future__ import annotations
@@ -31,15 +32,20 @@ def _run_two_processes(args: list[str], out) -> list[dict]:
     return _log(out)
 
 
-def test_two_processes_match_one_process(tiny_llama_dir, toy_chat_files, tmp_path):
+@pytest.mark.parametrize("mode,extra,steps,micro", [
+    ("full", [], 4, 2),                                                     # 16 examples, global batch 4
+    ("lora_packed", ["--lora_dim", "2", "--packing", "--max-seq-len", "64"], 3, 1),  # 8 packed rows, batch 2
+])
+def test_two_processes_match_one_process(mode, extra, steps, micro, tiny_llama_dir, toy_chat_files, tmp_path):
     train, evals = toy_chat_files
-    common = ["--model", str(tiny_llama_dir), "--train", str(train), "--eval", str(evals), "--max-steps", "4",
-              "--lr", "3e-3", "--log-every", "1", "--eval-every", "never", "--no-save", "--seed", "7"]
-    two = _run_two_processes(common + ["--batch-size", "2"], tmp_path / "two")
-    assert main(["chat-sft", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "one")]) == 0  # in-process
-    one = _log(tmp_path / "one")
+    common = ["--model", str(tiny_llama_dir), "--train", str(train), "--eval", str(evals), "--max-steps", str(steps),
+              "--lr", "3e-3" if mode == "full" else "3e-2", "--log-every", "1", "--eval-every", "never", "--no-save",
+              "--seed", "7", *extra]
+    two = _run_two_processes(common + ["--batch-size", str(micro)], tmp_path / "two")
+    assert main(["chat-sft", *common, "--batch-size", str(2 * micro), "--output-dir", str(tmp_path / "one")]) == 0
+    one = _log(tmp_path / "one")  # the 1-process run, in this process
     # rank 0 alone writes the log: one record per step proves Accelerate ran as 2 synced processes
-    assert [r["step"] for r in two] == [1, 2, 3, 4] == [r["step"] for r in one]
+    assert [r["step"] for r in two] == list(range(1, steps + 1)) == [r["step"] for r in one]
     report = json.loads((tmp_path / "two" / "metrics.json").read_text())["stages"]["sft"]
     assert report["num_processes"] == 2
     loss_one, loss_two = [r["loss"] for r in one], [r["loss"] for r in two]

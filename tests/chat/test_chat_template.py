@@ -128,3 +128,11 @@ def test_smollm2_chatml_masks_on_dolly():
         feat = tokenize_conversation(conv, tmpl, max_seq_len=4096)
         labelled = tok.decode([x for x in feat["labels"] if x != IGNORE_INDEX])
         assert labelled == conv[-1]["content"] + "<|im_end|>\n"
+
+
+def test_conversation_opening_with_the_assistant(chatml_tokenizer):
+    tmpl = resolve_template(chatml_tokenizer)
+    conv = [{"role": "assistant", "content": "paris"}, {"role": "user", "content": "john"},
+            {"role": "assistant", "content": "london"}]
+    feat = tokenize_conversation(conv, tmpl, max_seq_len=64)
+    assert [x for x in feat["labels"] if x != IGNORE_INDEX] == _expected_labels(conv, tmpl)

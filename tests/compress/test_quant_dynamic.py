@@ -13,8 +13,11 @@ from sparseft.compress.quantize import DynamicInt8Config, DynamicInt8Linear, qua
 from sparseft.compress.quantize.dynamic import onednn_available
 from sparseft.compress.quantize.pack import sqnr_db
 
-BACKENDS = ["int_mm", pytest.param("onednn", marks=pytest.mark.skipif(not onednn_available(),
-                                                                       reason="oneDNN int8 linear unavailable"))]
+BACKENDS = ["int_mm",
+            pytest.param("onednn", marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN int8 linear")),
+            pytest.param("fbgemm", marks=[
+                pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="no fbgemm"),
+                pytest.mark.filterwarnings("ignore:.*quantized tensor creation.*:UserWarning")])]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -37,9 +40,13 @@ def test_dynamic_linear_matches_fp32_within_int8_error(backend, tokens):
         assert torch.allclose(out.reshape(-1, 48), manual, atol=1e-4)
 
 
-def test_packed_weight_cache_follows_weight_changes_and_deepcopy():
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation.*:UserWarning")
+@pytest.mark.parametrize("backend", ["auto", "fbgemm"])
+def test_packed_weight_cache_follows_weight_changes_and_deepcopy(backend):
+    if backend == "fbgemm" and "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no fbgemm")
     lin = nn.Linear(16, 8)
-    q = DynamicInt8Linear.from_linear(lin, "auto")
+    q = DynamicInt8Linear.from_linear(lin, backend)
     x = torch.randn(4, 16)
     first = q(x)
     twin = copy.deepcopy(q)

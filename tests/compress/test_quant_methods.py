@@ -122,7 +122,7 @@ def test_configs_round_trip_through_json(cfg):
 @pytest.mark.parametrize("cls,field,bad,hint", [
     (RTNConfig, "bits", 5, "bits must be one of"), (RTNConfig, "granularity", "row", "'tensor', 'channel'"),
     (NF4Config, "block_size", 0, "block_size"), (KMeansConfig, "levels", 1, "levels"),
-    (KMeansConfig, "importance", "fisher", "'none', 'activation'"), (DynamicInt8Config, "backend", "fbgemm", "int_mm"),
+    (KMeansConfig, "importance", "fisher", "'none', 'activation'"), (DynamicInt8Config, "backend", "qnnpack", "int_mm"),
     (GPTQConfig, "damp", 0.0, "damp"), (RTNConfig, "targets", ["re:("], "invalid regex"),
 ])
 def test_bad_config_values_name_the_valid_choices(cls, field, bad, hint):

@@ -127,6 +127,19 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def _empty_prompt(template: ChatTemplate, full_text: str) -> str:
+    """The text before the first assistant turn of a conversation that opens with the assistant:
+    render a one-turn conversation with a sentinel answer and cut at the sentinel. "" when that is
+    not a prefix of the conversation (the turn then starts at token 0)."""
+    sentinel = "SPARSEFTSENTINEL"
+    try:
+        text = template.render([{"role": "assistant", "content": sentinel}])
+    except Exception:  # a template may refuse a conversation that does not start with the user
+        return ""
+    head = text.split(sentinel)[0]
+    return head if sentinel in text and full_text.startswith(head) else ""
+
+
 def assistant_spans(messages: Sequence[dict], template: ChatTemplate, full_text: str,
                     ids: Sequence[int]) -> list[tuple[int, int]]:
     """Token [start, end) spans of every assistant turn in `ids` (the tokenized `full_text`)."""
@@ -134,7 +147,7 @@ def assistant_spans(messages: Sequence[dict], template: ChatTemplate, full_text:
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = template.render(messages[:i], add_generation_prompt=True) if i else ""
+        before = template.render(messages[:i], add_generation_prompt=True) if i else _empty_prompt(template, full_text)
         through = template.render(messages[:i + 1])
         for part in (before, through):
             if not full_text.startswith(part):

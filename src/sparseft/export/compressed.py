@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from sparseft.compress.quantize.dynamic import DynamicInt8Linear
+from sparseft.compress.quantize.dynamic import DynamicInt8Linear, resolve_backend
 from sparseft.compress.quantize.layers import QuantEmbedding, QuantLinear, set_module
 from sparseft.compress.quantize.pack import (expand_groups, pack_bitmask, pack_codes, storage_bits,
                                              unpack_bitmask, unpack_codes)
@@ -277,8 +278,15 @@ def _build_quant_module(fqn: str, entry: dict, meta: dict, stored: dict[str, tor
         return _decode(name, meta["tensors"][name], stored) if name in meta["tensors"] else None
 
     if entry["type"] == "DynamicInt8Linear":
+        backend = entry.get("backend", "auto")
+        try:
+            resolve_backend(backend)
+        except ValueError:
+            warnings.warn(f"{fqn}: int8 backend {backend!r} is unavailable here; using 'auto'", RuntimeWarning,
+                          stacklevel=3)
+            backend = "auto"
         layer = DynamicInt8Linear(entry["in_features"], entry["out_features"], bias=entry["bias"],
-                                  backend="auto")
+                                  backend=backend)
         layer.weight_int8.copy_(get("weight"))
         layer.weight_scale.copy_(get("weight_scale"))
         if layer.bias is not None:

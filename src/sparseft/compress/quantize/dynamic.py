@@ -2,21 +2,25 @@
 
 Weights are quantized once, symmetric per output channel (int8 -127..127, so pruned zeros stay
 exactly 0); each forward quantizes its input to 8 bits on the fly and runs an integer matmul
-with int32 accumulation, then rescales to float. Two kernels, both plain-tensor APIs of torch
-core (no deprecated quantized-tensor dtypes):
+with int32 accumulation, then rescales to float. Kernels (`backend`):
 
   * "onednn"  `torch.ops.onednn.qlinear_pointwise` on a prepacked weight, activations uint8 per
               tensor (asymmetric). The int8 GEMM that torch's x86 Inductor / torchao PT2E flow
-              lowers to; uses AVX512-VNNI / AMX where the CPU has them. Default on x86.
+              lowers to, on plain tensors; uses AVX512-VNNI / AMX where the CPU has them.
+              The default where available ("auto").
   * "int_mm"  `torch._int_mm` (int8 x int8 -> int32), activations int8 per token (symmetric).
               Portable (any CPU, CUDA), more accurate per token, but its CPU kernel is slow for
-              large batches.
+              large batches. The fallback of "auto".
+  * "fbgemm"  opt-in: `torch.ops.quantized.linear_dynamic`, the kernel behind torch.ao's
+              quantize_dynamic, on our int8 weights (7-bit activations, as there). Up to ~1.7x
+              faster than oneDNN per layer on small batches here, but it needs quantized tensors,
+              which torch 2.13 deprecates (it warns they will be removed): not the default.
 
-Why these and not the others (numbers in docs/quantization.md, `bench_quant.py --only linear`):
-`torch.ao.quantization.quantize_dynamic` (fbgemm) is about as fast as oneDNN but is deprecated
-in torch 2.13 (it warns that torch.ao.quantization and quantized tensors will be removed), so it
-is only the benchmark's reference; torchao's Int8DynamicActivationInt8WeightConfig was 2-4x
-slower than oneDNN on CPU here; `_weight_int8pack_mm` (weight-only int8) was slower than fp32.
+Why (numbers in docs/quantization.md, `bench_quant.py --only linear`): the fbgemm path is the
+fastest but deprecated with torch.ao.quantization; oneDNN is the fastest *maintained* kernel
+(level with fbgemm at batch 32, several times faster than fp32 per layer); torchao 0.18's
+Int8DynamicActivationInt8WeightConfig was 2-7x slower than oneDNN on this CPU, and
+`_weight_int8pack_mm` (weight-only int8, fp32 activations) slower than fp32.
 
     >>> quantize_(model, DynamicInt8Config())  # doctest: +SKIP
 """
@@ -34,7 +38,7 @@ from sparseft.compress.quantize.layers import check_targets, default_ignore, set
 from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
 
-BACKENDS = ("auto", "onednn", "int_mm")
+BACKENDS = ("auto", "onednn", "int_mm", "fbgemm")
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,6 +62,8 @@ def resolve_backend(backend: str) -> str:
         return "onednn" if onednn_available() else "int_mm"
     if backend == "onednn" and not onednn_available():
         raise ValueError("backend 'onednn' is not available in this torch build; use backend='int_mm'")
+    if backend == "fbgemm" and "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise ValueError("backend 'fbgemm' is not available in this torch build; use backend='onednn' or 'int_mm'")
     return backend
 
 
@@ -65,7 +71,8 @@ class DynamicInt8Linear(nn.Module):
     """Linear with int8 per-channel weights and run-time int8 activations.
 
     Buffers: weight_int8 int8 [out, in], weight_scale f32 [out]; `bias` f32 [out] or None.
-    The oneDNN prepacked weight is a cache rebuilt whenever weight_int8 changes (it is not saved).
+    The prepacked weight (oneDNN / fbgemm) is a cache, rebuilt whenever the weight, scales or
+    bias change; it is not saved.
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, backend: str = "auto") -> None:
@@ -100,10 +107,19 @@ class DynamicInt8Linear(nn.Module):
         state["_packed"], state["_packed_key"] = None, None
         return state
 
-    def _onednn_weight(self) -> torch.Tensor:
-        key = (self.weight_int8.data_ptr(), self.weight_int8._version)
+    def _packed_weight(self):
+        tensors = [t for t in (self.weight_int8, self.weight_scale, self.bias) if t is not None]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
         if self._packed is None or self._packed_key != key:
-            self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
+            if self.backend == "fbgemm":
+                # torch 2.13 deprecates quantized tensors (it warns here); opt-in reference path
+                zeros = torch.zeros(self.out_features, dtype=torch.long)
+                qweight = torch._make_per_channel_quantized_tensor(self.weight_int8, self.weight_scale.double(),
+                                                                   zeros, 0)
+                bias = None if self.bias is None else self.bias.detach().float()
+                self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+            else:
+                self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
             self._packed_key = key
         return self._packed
 
@@ -112,6 +128,9 @@ class DynamicInt8Linear(nn.Module):
         x2 = x.reshape(-1, shape[-1]).float()                                 # [M, in]
         if self.backend == "onednn" and x2.device.type == "cpu":
             y = self._forward_onednn(x2)
+        elif self.backend == "fbgemm" and x2.device.type == "cpu":
+            # activations uint8 per tensor, 7-bit range (reduce_range) as torch's quantize_dynamic
+            y = torch.ops.quantized.linear_dynamic(x2, self._packed_weight(), True)
         else:
             y = self._forward_int_mm(x2)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
@@ -127,7 +146,7 @@ class DynamicInt8Linear(nn.Module):
         xq = x.mul(1.0 / s).add_(zp + 0.5).to(torch.uint8)                   # [M, in]
         zeros = torch.zeros(self.out_features, dtype=torch.long)
         return torch.ops.onednn.qlinear_pointwise(
-            xq, s, zp, self._onednn_weight(), self.weight_scale, zeros, self.bias,
+            xq, s, zp, self._packed_weight(), self.weight_scale, zeros, self.bias,
             1.0, 0, torch.float32, "none", [], "")                          # [M, out] f32
 
     def _forward_int_mm(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +164,8 @@ class DynamicInt8Linear(nn.Module):
 @dataclass
 class DynamicInt8Config(BaseConfig):
     """Args:
-        backend: 'auto' (oneDNN where available, else int_mm), 'onednn' or 'int_mm'.
+        backend: 'auto' (oneDNN where available, else int_mm), 'onednn', 'int_mm' or 'fbgemm'
+            (deprecated torch quantized tensors; opt-in).
         targets / ignore: which Linear layers.
     """
 
