@@ -15,6 +15,7 @@ from typing import Any
 from sparseft.config.recipe import Recipe
 from sparseft.load.data import TaskData
 from sparseft.report.card import Report
+from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import atomic_write_text
 from sparseft.utils.seed import seed_everything
 
@@ -60,12 +61,14 @@ def run(recipe: Recipe, *, print_report: bool = True) -> RunContext:
     configs = [(s, build_stage_config(s, recipe)) for s in recipe.stages]  # validate all before work
     ctx = load_context(recipe)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ctx.output_dir / "recipe.yaml", recipe.to_yaml())
+    if is_main_process():
+        atomic_write_text(ctx.output_dir / "recipe.yaml", recipe.to_yaml())
     for stage, (method, cfg) in zip(recipe.stages, (c for _, c in configs)):
         t0 = time.perf_counter()
         method.apply_fn(ctx, cfg, stage.name)
         ctx.report.log(stage.name, {"method": stage.method, "stage_seconds": time.perf_counter() - t0})
-        ctx.report.write(ctx.output_dir)
-    if print_report:
+        if is_main_process():  # one writer under multi-process launches
+            ctx.report.write(ctx.output_dir)
+    if print_report and is_main_process():
         print(ctx.report.render_text())
     return ctx

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sparseft.config.base import BaseConfig
 from sparseft.export.save import save_artifact
 from sparseft.registry import register_method
+from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import dir_size_bytes
 
 
@@ -21,6 +22,8 @@ class SaveConfig(BaseConfig):
 
 def save_stage(ctx, cfg: SaveConfig, name: str) -> None:
     path = cfg.path or str(ctx.output_dir / "model")
+    if not is_main_process():  # under multi-process launches only rank 0 writes
+        return
     save_artifact(ctx.model, ctx.tokenizer, path, configs={"data": ctx.recipe.data},
                   recipe_yaml=ctx.recipe.to_yaml())
     ctx.report.log(name, {"path": path, "size_mb": dir_size_bytes(path) / 2**20})

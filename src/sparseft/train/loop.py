@@ -74,7 +74,10 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'no' (or 'bf16' on CPUs with bf16 units)")
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    # cpu=True without CUDA: otherwise, under torchrun on a CPU machine, Accelerate treats every
+    # process as its own single-process job (no loader sharding, no gradient all-reduce).
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                       cpu=not torch.cuda.is_available())
 
 
 def default_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
