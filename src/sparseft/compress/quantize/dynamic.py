@@ -100,7 +100,7 @@ class DynamicInt8Linear(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [out, in] the int8 codes stand for."""
-        return self.weight_int8.float() * self.weight_scale[:, None]
+        return self.weight_int8.float() * self.weight_scale.float()[:, None]
 
     def __getstate__(self):  # the oneDNN packed tensor cannot be pickled or deep-copied
         state = self.__dict__.copy()
@@ -139,14 +139,15 @@ class DynamicInt8Linear(nn.Module):
         # per-tensor asymmetric uint8: x ~ (xq - zp) * s over [min(x, 0), max(x, 0)]. The grid has
         # 254 steps, so x / s + zp + 0.5 lies in [0, 255.5) and truncating to uint8 rounds to
         # nearest without a clamp pass (two elementwise passes instead of four).
-        lo, hi = torch.aminmax(x)
+        lo, hi = torch.aminmax(x.detach())
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
         s = max((hi - lo) / 254, 1e-8)
         zp = round(-lo / s)
         xq = x.mul(1.0 / s).add_(zp + 0.5).to(torch.uint8)                   # [M, in]
         zeros = torch.zeros(self.out_features, dtype=torch.long)
         return torch.ops.onednn.qlinear_pointwise(
-            xq, s, zp, self._packed_weight(), self.weight_scale, zeros, self.bias,
+            xq, s, zp, self._packed_weight(), self.weight_scale.float(), zeros,
+            None if self.bias is None else self.bias.float(),
             1.0, 0, torch.float32, "none", [], "")                          # [M, out] f32
 
     def _forward_int_mm(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,8 +155,8 @@ class DynamicInt8Linear(nn.Module):
         s = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-8)           # [M, 1]
         xq = (x / s).round_().clamp_(-127, 127).to(torch.int8)               # [M, in]
         acc = torch._int_mm(xq, self.weight_int8.t())                         # [M, out] int32
-        y = acc.float() * s * self.weight_scale
-        return y if self.bias is None else y + self.bias
+        y = acc.float() * s * self.weight_scale.float()
+        return y if self.bias is None else y + self.bias.float()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"

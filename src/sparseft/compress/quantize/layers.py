@@ -185,7 +185,7 @@ class QuantEmbedding(nn.Module):
         flat = ids.reshape(-1)
         zero = self.zero[flat] if self.zero is not None else None
         rows = self._decode(self.qweight[flat], self.scale[flat], zero)          # [N, dim]
-        return rows.reshape(*ids.shape, self.embedding_dim)
+        return rows.to(self.scale.dtype).reshape(*ids.shape, self.embedding_dim)  # the model's dtype
 
     def spec(self) -> dict[str, Any]:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.bits,
