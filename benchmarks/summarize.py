@@ -119,6 +119,25 @@ def _notes() -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+# Columns shown for {"env", "records": [...]} files (bench_sft.py); the JSON keeps everything.
+_ROW_COLUMNS = ("row", "score", "trainable", "seconds_per_epoch", "seconds_per_step", "peak_memory_mb",
+                "artifact_bytes", "artifact_pct_of_dense")
+
+
+def _from_row_records(rec: dict, path: Path) -> dict:
+    """Turn a {"env", "records"} file into a rows record named after the file's prefix."""
+    rows = []
+    for r in rec["records"]:
+        if r.get("artifact_bytes") and r.get("dense_checkpoint_bytes"):
+            r = {**r, "artifact_pct_of_dense": 100.0 * r["artifact_bytes"] / r["dense_checkpoint_bytes"]}
+        rows.append({k: r.get(k) for k in _ROW_COLUMNS} | {"command": r.get("command")})
+    first = rec["records"][0] if rec["records"] else {}
+    tasks = sorted({str(r.get("row", "")).split(":")[0] for r in rec["records"]})
+    return {"experiment": f"{path.stem.rsplit('-', 1)[0]}_{'_'.join(tasks)}", "env": rec.get("env", {}),
+            "command": "see the commands per row", "rows": rows, "smoke": bool(first.get("smoke")),
+            "wall_seconds": sum(r.get("wall_seconds") or 0 for r in rec["records"])}
+
+
 def main() -> int:
     notes = _notes()
     records = []
@@ -128,6 +147,8 @@ def main() -> int:
         except json.JSONDecodeError as exc:
             print(f"skipping {path}: {exc}", file=sys.stderr)
             continue
+        if isinstance(rec, dict) and "records" in rec and "experiment" not in rec:
+            rec = _from_row_records(rec, path)
         if isinstance(rec, dict) and rec.get("experiment") and not rec.get("smoke"):
             if rec["experiment"] in notes:
                 rec = {**rec, "notes": "\n".join(filter(None, [rec.get("notes"), notes[rec["experiment"]]]))}
