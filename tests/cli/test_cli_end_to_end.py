@@ -69,3 +69,11 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, toy_ner_files):
     assert main(["run", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "unknown stage method 'nosuch'; valid choices:" in err and "eval" in err and "train" in err
+
+
+def test_list_stages_needs_no_recipe(capsys):
+    assert main(["run", "--list-stages"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "TrainConfig" in out and "eval" in out
+    assert main(["run"]) == 2
+    assert "give a recipe" in capsys.readouterr().err

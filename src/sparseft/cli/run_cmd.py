@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a YAML recipe of stages",
                        description="Run RECIPE (YAML). Overrides use dotted keys: seed=1, "
                                    "data.train_limit=2000, stages.finetune.lr=1e-4.")
-    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("recipe", nargs="?", help="recipe YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied before validation")
     p.add_argument("--list-stages", action="store_true", help="list the registered stage methods and exit")
     p.set_defaults(func=run)
@@ -26,5 +26,7 @@ def run(args: argparse.Namespace) -> int:
         for m in REGISTRY.methods("stage"):
             print(f"{m.name:12s} {m.config_cls.__name__:20s} {m.description}")
         return 0
+    if not args.recipe:
+        raise ValueError("give a recipe YAML file (or --list-stages)")
     run_recipe(load_recipe(args.recipe, args.overrides))
     return 0
