@@ -28,19 +28,24 @@ def _losses(run: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_match_one(tiny_bert_dir, toy_cls_file, tmp_path):
+@pytest.mark.parametrize("method,port", [
+    (["--method", "train"], 29517),
+    # sparse fine-tuning: rank 0's mask is broadcast, only the O(k) values are all-reduced
+    (["--method", "sft", "--mask", "magnitude", "--density", "0.05"], 29527),
+], ids=["full", "sft"])
+def test_two_cpu_processes_match_one(tiny_bert_dir, toy_cls_file, tmp_path, method, port):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed beside this python")
     model = _no_dropout_copy(tiny_bert_dir, tmp_path / "model")
     common = ["train", "--model", str(model), "--task", "cls", "--train", str(toy_cls_file), "--epochs", "1",
               "--lr", "1e-3", "--no-cost", "-o", "group_by_length=false", "-o", "progress=false",
-              "-o", "log_every=1", "-o", "eval_every=never"]
+              "-o", "log_every=1", "-o", "eval_every=never", *method]
     env_py = [sys.executable, "-m", "sparseft.cli.main"]
     one = subprocess.run([*env_py, *common, "--batch-size", "4", "--output-dir", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m",
+    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m",
                           "sparseft.cli.main", *common, "--batch-size", "2", "--output-dir", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -49,3 +54,5 @@ def test_two_cpu_processes_match_one(tiny_bert_dir, toy_cls_file, tmp_path):
     assert a == pytest.approx(b, abs=1e-5)
     assert a[-1] != a[0]  # it trained
     assert (tmp_path / "two" / "model" / "config.json").exists()
+    if "sft" in method:
+        assert (tmp_path / "two" / "diff" / "manifest.json").exists()
