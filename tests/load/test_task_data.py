@@ -46,3 +46,16 @@ def test_lm_data_blocks(tmp_path, tiny_tokenizer):
     data = build_task_data(DataConfig(task="lm", train=str(text), block_size=32), tiny_tokenizer)
     assert data.task == "lm" and len(data.train) > len(data.eval) >= 1
     assert all(len(f["input_ids"]) == 32 for f in data.train)
+
+
+def test_seeded_subset_samples_across_a_label_sorted_file(tmp_path):
+    path = tmp_path / "sorted.csv"
+    path.write_text("text,label\n" + "".join(f"t{i},{'a' if i < 50 else 'b'}\n" for i in range(100)))
+    first, _ = load_split_records(DataConfig(task="cls", train=str(path), eval_fraction=0.1, train_limit=20))
+    assert {r["label"] for r in first} == {"a"}
+    cfg = DataConfig(task="cls", train=str(path), eval_fraction=0.1, train_limit=20, subset_seed=0)
+    sampled, _ = load_split_records(cfg)
+    assert {r["label"] for r in sampled} == {"a", "b"} and len(sampled) == 20
+    assert sampled == load_split_records(cfg)[0]  # fixed for a given seed
+    lines = [int(r["where"].rsplit(":", 1)[1]) for r in sampled]
+    assert lines == sorted(lines)  # file order kept

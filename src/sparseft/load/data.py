@@ -37,6 +37,8 @@ class DataConfig(BaseConfig):
         text_col / label_col / columns: classification columns (see readers.read_classification).
         max_length: token limit per example (ner/cls); block_size: LM block length.
         train_limit / eval_limit: keep only the first N records (fixed subsets for sweeps).
+        subset_seed: with train_limit, take a seeded random sample of N training records (kept in
+            file order) instead of the first N: needed for files sorted by label (BANKING77).
     """
 
     task: str = "ner"
@@ -52,6 +54,7 @@ class DataConfig(BaseConfig):
     block_size: int = 256
     train_limit: int | None = None
     eval_limit: int | None = None
+    subset_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.task not in ("ner", "cls", "lm"):
@@ -129,7 +132,10 @@ def load_split_records(cfg: DataConfig) -> tuple[list, list]:
     else:
         train, evals = split_records(train, cfg.eval_fraction, cfg.split_seed)
     if cfg.task != "lm":
-        if cfg.train_limit:
+        if cfg.train_limit and cfg.subset_seed is not None and cfg.train_limit < len(train):
+            keep = sorted(random.Random(cfg.subset_seed).sample(range(len(train)), cfg.train_limit))
+            train = [train[i] for i in keep]
+        elif cfg.train_limit:
             train = train[:cfg.train_limit]
         if cfg.eval_limit:
             evals = evals[:cfg.eval_limit]
