@@ -126,8 +126,16 @@ _ROW_COLUMNS = ("row", "score", "trainable", "seconds_per_epoch", "seconds_per_s
 
 def _from_row_records(rec: dict, path: Path) -> dict:
     """Turn a {"env", "records"} file into a rows record named after the file's prefix."""
-    rows = []
+    rows, notes = [], []
     for r in rec["records"]:
+        if r.get("kind") == "compose":  # a different shape: one sentence under the table
+            notes.append(
+                f"Composition (policy {r.get('policy')}; two task diffs composed onto one base, each task "
+                f"re-scored): conll F1 alone {_fmt(r.get('conll_alone'))} -> composed {_fmt(r.get('conll_composed'))}; "
+                f"banking accuracy alone {_fmt(r.get('banking_alone'))} -> composed {_fmt(r.get('banking_composed'))}; "
+                f"{_fmt(r.get('overlap_entries'))} overlapping entries of {_fmt(r.get('composed_count'))}. "
+                f"Command: `{r.get('command')}`")
+            continue
         if r.get("artifact_bytes") and r.get("dense_checkpoint_bytes"):
             r = {**r, "artifact_pct_of_dense": 100.0 * r["artifact_bytes"] / r["dense_checkpoint_bytes"]}
         rows.append({k: r.get(k) for k in _ROW_COLUMNS} | {"command": r.get("command")})
@@ -135,6 +143,7 @@ def _from_row_records(rec: dict, path: Path) -> dict:
     tasks = sorted({str(r.get("row", "")).split(":")[0] for r in rec["records"]})
     return {"experiment": f"{path.stem.rsplit('-', 1)[0]}_{'_'.join(tasks)}", "env": rec.get("env", {}),
             "command": "see the commands per row", "rows": rows, "smoke": bool(first.get("smoke")),
+            "notes": "\n\n".join(notes) or None,
             "wall_seconds": sum(r.get("wall_seconds") or 0 for r in rec["records"])}
 
 
