@@ -27,9 +27,9 @@ import torch.nn as nn
 
 from sparseft.compress.quantize.calibrate import check_batches, layerwise_quantize_
 from sparseft.compress.quantize.layers import QuantLinear, check_targets, default_ignore
-from sparseft.compress.quantize.pack import (GRANULARITIES, affine_params, dequantize_codes,
+from sparseft.compress.quantize.pack import (affine_params, dequantize_codes,
                                              group_size_for, n_groups, quantize_codes)
-from sparseft.compress.quantize.rtn import BITS
+from sparseft.compress.quantize.rtn import check_grid
 from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
 
@@ -53,12 +53,9 @@ class GPTQConfig(BaseConfig):
     ignore: list[str] = field(default_factory=default_ignore)
 
     def __post_init__(self) -> None:
-        if self.bits not in BITS:
-            raise ValueError(f"bits must be one of {BITS}, got {self.bits!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if self.group_size < 1 or self.block_size < 1:
-            raise ValueError(f"group_size and block_size must be >= 1, got {self.group_size}, {self.block_size}")
+        check_grid(self.bits, self.granularity, self.group_size)
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if not 0.0 < self.damp < 1.0:
             raise ValueError(f"damp must be in (0, 1), got {self.damp}")
         check_targets(self.targets, self.ignore)

@@ -26,6 +26,16 @@ from sparseft.registry import register_method
 BITS = (2, 3, 4, 8)
 
 
+def check_grid(bits: int, granularity: str, group_size: int) -> None:
+    """Validate an integer grid (shared by RTN and GPTQ configs)."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+
+
 @dataclass
 class RTNConfig(BaseConfig):
     """Args:
@@ -44,12 +54,7 @@ class RTNConfig(BaseConfig):
     ignore: list[str] = field(default_factory=default_ignore)
 
     def __post_init__(self) -> None:
-        if self.bits not in BITS:
-            raise ValueError(f"bits must be one of {BITS}, got {self.bits!r}")
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        check_grid(self.bits, self.granularity, self.group_size)
         check_targets(self.targets, self.ignore)
 
 
