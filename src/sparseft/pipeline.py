@@ -36,30 +36,37 @@ class RunContext:
         return 0 if pad is None else int(pad)
 
 
-def load_context(recipe: Recipe) -> RunContext:
-    """Tokenizer -> data (labels come from the training data) -> model with those labels."""
+def load_context(recipe: Recipe, *, title: str | None = None) -> RunContext:
+    """Tokenizer -> data (labels come from the training data) -> model with those labels.
+
+    A recipe without training data (`data.train` empty: one-shot pruning or quantization of a
+    fine-tuned checkpoint) loads no data; the model's labels then come from its own config.
+    """
     from sparseft.load.data import build_task_data
     from sparseft.load.model import load_model, load_tokenizer
 
     out = Path(recipe.output_dir)
-    ctx = RunContext(recipe=recipe, output_dir=out, report=Report(title=f"sparseft run: {out.name}"))
+    ctx = RunContext(recipe=recipe, output_dir=out, report=Report(title=title or f"sparseft run: {out.name}"))
     t0 = time.perf_counter()
     ctx.tokenizer = load_tokenizer(recipe.model)
-    ctx.data = build_task_data(recipe.data, ctx.tokenizer)
+    if recipe.data.train:
+        ctx.data = build_task_data(recipe.data, ctx.tokenizer)
     seed_everything(recipe.seed)  # before the model: new heads are initialised from the seed
-    ctx.model = load_model(recipe.model, recipe.data.task, labels=ctx.data.labels or None)
-    ctx.report.log("load", {"model": recipe.model, "task": recipe.data.task,
-                            "train_examples": len(ctx.data.train), "eval_examples": len(ctx.data.eval),
-                            "labels": len(ctx.data.labels), "seconds": time.perf_counter() - t0})
+    labels = ctx.data.labels if ctx.data else None
+    ctx.model = load_model(recipe.model, recipe.data.task, labels=labels or None)
+    info = {"model": recipe.model, "task": recipe.data.task}
+    if ctx.data:
+        info.update(train_examples=len(ctx.data.train), eval_examples=len(ctx.data.eval), labels=len(ctx.data.labels))
+    ctx.report.log("load", {**info, "seconds": time.perf_counter() - t0})
     return ctx
 
 
-def run(recipe: Recipe, *, print_report: bool = True) -> RunContext:
+def run(recipe: Recipe, *, print_report: bool = True, title: str | None = None) -> RunContext:
     """Run every stage of `recipe`; writes report.md / metrics.json into its output folder."""
     from sparseft.methods import build_stage_config  # registers every stage
 
     configs = [(s, build_stage_config(s, recipe)) for s in recipe.stages]  # validate all before work
-    ctx = load_context(recipe)
+    ctx = load_context(recipe, title=title)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         atomic_write_text(ctx.output_dir / "recipe.yaml", recipe.to_yaml())

@@ -118,32 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from sparseft.pipeline import run as run_recipe
 
     recipe = Recipe.from_dict(build_recipe_dict(args))
-    if args.train:
-        run_recipe(recipe)
-    else:
-        run_without_data(recipe)
+    # without --train the recipe has no data: the pipeline then loads the model alone
+    run_recipe(recipe, title=None if args.train else f"sparseft prune: {Path(args.output_dir).name}")
     print(f"pruned model saved to {Path(args.output_dir) / 'model'}")
     return 0
-
-
-def run_without_data(recipe) -> None:
-    """Data-free path: load the model, run the prune and save stages, write the report."""
-    import time
-
-    from sparseft.load.model import load_model, load_tokenizer
-    from sparseft.methods import build_stage_config
-    from sparseft.pipeline import RunContext
-    from sparseft.report.card import Report
-
-    configs = [(s, *build_stage_config(s, recipe)) for s in recipe.stages]
-    out = Path(recipe.output_dir)
-    ctx = RunContext(recipe=recipe, output_dir=out, report=Report(title=f"sparseft prune: {out.name}"))
-    ctx.tokenizer = load_tokenizer(recipe.model)
-    ctx.model = load_model(recipe.model, recipe.data.task)
-    out.mkdir(parents=True, exist_ok=True)
-    for stage, method, cfg in configs:
-        t0 = time.perf_counter()
-        method.apply_fn(ctx, cfg, stage.name)
-        ctx.report.log(stage.name, {"method": stage.method, "stage_seconds": time.perf_counter() - t0})
-    ctx.report.write(out)
-    print(ctx.report.render_text())
