@@ -37,62 +37,63 @@ def budget_count(n_total: int, *, density: float | None = None, count: int | Non
     return count
 
 
-def _order_keys(score: torch.Tensor) -> torch.Tensor:
-    """int32 keys with the same order as the float32 values of `score` (1-D view).
-
-    IEEE-754 bit patterns of non-negative floats sort like integers; negative ones sort in
-    reverse, which flipping their 31 low bits fixes. So comparing keys == comparing floats, and a
-    threshold search over keys needs exactly 32 halvings. Scores of 16-bit dtypes are exact in
-    float32.
-    """
-    bits = score.detach().reshape(-1).float().view(torch.int32)
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-
-
-def _check_finite_order(name: str, score: torch.Tensor) -> None:
+def _check_no_nan(name: str, score: torch.Tensor) -> None:
     if torch.isnan(score).any():
         raise ValueError(f"scores of {name!r} contain NaN: cannot rank entries (check the data or "
                          f"the mask method's batches)")
 
 
-def _topk_threshold(scores: Mapping[str, torch.Tensor], k: int) -> Masks:
-    """Global top-k over several tensors without concatenating them.
+def _flat32(score: torch.Tensor) -> torch.Tensor:
+    return score.detach().reshape(-1).float()   # a view for float32 scores; 16-bit ones are exact
 
-    Memory: O(largest tensor) temporaries instead of a float64 copy of every score (that copy
-    was 850 MB for SmolLM2-135M's Linear weights). Time: 33 counting passes over the scores.
-    Finds the largest key T with count(key >= T) >= k, selects every key > T, then fills the
-    remaining budget with entries equal to T in (tensor order, index order), so the count is
-    exactly k and ties are broken by position.
+
+def _lower_bound(scores: Mapping[str, torch.Tensor], k: int, total: int, sample_size: int = 1 << 20) -> float:
+    """A value t with count(score >= t) >= k and, usually, not many more (from a strided sample)."""
+    stride = max(1, total // sample_size)
+    sample = torch.cat([_flat32(s)[::stride].cpu() for s in scores.values()])     # [~sample_size]
+    n = sample.numel()
+    rank = k * n / total                                      # expected rank of the k-th largest
+    for margin in (1.05, 1.5, 4.0):
+        r = int(min(n, rank * margin + 4 * rank ** 0.5 + 16))
+        if r >= n:
+            break
+        t = float(torch.topk(sample, r, sorted=False).values.min())
+        if sum(int((_flat32(s) >= t).sum()) for s in scores.values()) >= k:
+            return t
+    return float("-inf")                                      # every entry is a candidate
+
+
+def _topk_threshold(scores: Mapping[str, torch.Tensor], k: int) -> Masks:
+    """Global top-k over several tensors without a full concatenated copy of the scores.
+
+    A strided sample gives a lower bound t on the k-th largest score; only the values >= t are
+    copied (about 1.05 k floats) to find the exact k-th largest value. Entries above it are all
+    selected, ties at it are filled in position order (tensor order, then flat index), so the
+    count is exactly k. For SmolLM2-135M at 1% this replaces a ~1.3 GB float64 concatenation
+    with ~5 MB of candidates (about 0.45 GB at 50%).
     """
     names = list(scores)
     for n in names:
-        _check_finite_order(n, scores[n])
+        _check_no_nan(n, scores[n])
     masks = {n: torch.zeros(scores[n].shape, dtype=torch.bool, device=scores[n].device) for n in names}
     if k <= 0:
         return masks
-
-    def count_at_least(t: int) -> int:
-        return sum(int((_order_keys(scores[n]) >= t).sum()) for n in names)
-
-    lo, hi = -(2 ** 31), 2 ** 31 - 1            # invariant: count(>= lo) >= k
-    while lo < hi:                              # largest T with count(key >= T) >= k
-        mid = (lo + hi + 1) // 2
-        if count_at_least(mid) >= k:
-            lo = mid
-        else:
-            hi = mid - 1
+    total = sum(scores[n].numel() for n in names)
+    t = _lower_bound(scores, k, total)
+    values = torch.cat([_flat32(scores[n])[_flat32(scores[n]) >= t].cpu() for n in names])   # [c >= k]
+    kth = float(torch.kthvalue(values, values.numel() - k + 1).values)     # the k-th largest score
+    del values
     remaining = k
-    for n in names:                             # strictly above the threshold: always selected
-        sel = _order_keys(scores[n]) > lo
-        masks[n].view(-1).copy_(sel)
-        remaining -= int(sel.sum())
-    for n in names:                             # ties at the threshold, in position order
+    for n in names:                                            # everything above the k-th largest
+        flat, out = _flat32(scores[n]), masks[n].view(-1)
+        out.copy_(flat > kth)
+        remaining -= int(out.sum())
+    for n in names:                                            # ties at it, in position order
         if remaining <= 0:
             break
-        tie_idx = torch.nonzero(_order_keys(scores[n]) == lo).reshape(-1)[:remaining]
-        masks[n].view(-1)[tie_idx] = True
-        remaining -= tie_idx.numel()
-    assert remaining == 0, "threshold search lost entries"  # count(>= lo) >= k guarantees this
+        tie = torch.nonzero(_flat32(scores[n]) == kth).reshape(-1)[:remaining]
+        masks[n].view(-1)[tie] = True
+        remaining -= tie.numel()
     return masks
 
 
@@ -101,8 +102,8 @@ def topk_masks(scores: Mapping[str, torch.Tensor], k: int, *, allocation: str = 
 
     per_tensor gives each tensor round(k * n_i / N) entries, with the rounding remainder handed
     to the largest tensors so that the total is exactly k. Ties are broken by position (tensor
-    order, then flat index). Scores are never concatenated: peak extra memory is a few
-    temporaries of the largest tensor's size.
+    order, then flat index). Only candidate entries near the top are copied (see
+    `_topk_threshold`), not every score.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
