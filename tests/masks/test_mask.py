@@ -59,3 +59,17 @@ def test_nan_scores_and_bad_budgets_are_refused():
         topk_masks({"w": torch.ones(3)}, 4)
     with pytest.raises(ValueError, match="allocation"):
         topk_masks({"w": torch.ones(3)}, 1, allocation="rows")
+
+
+@pytest.mark.parametrize("layout", ["random", "top_values_off_sample"])
+def test_sampled_lower_bound_always_admits_k_candidates(layout):
+    from sparseft.masks.mask import _lower_bound
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(1000, generator=g)
+    if layout == "top_values_off_sample":   # stride 10 samples indices 0, 10, ...: hide the top there
+        w = torch.zeros(1000)
+        w[torch.arange(1000) % 10 != 0] = torch.rand(900, generator=g) + 1.0
+    for k in (1, 50, 500, 950):
+        t = _lower_bound({"w": w}, k, w.numel(), sample_size=100)
+        assert int((w >= t).sum()) >= k
