@@ -86,6 +86,9 @@ def render(records: list[dict]) -> str:
         if rec.get("equivalent"):
             lines += [f"- same as: `{rec['equivalent']}`"]
         lines += [f"- {_env_line(rec)}"]
+        data = rec.get("data_subset") or (rec["data"] if isinstance(rec.get("data"), str) else None)
+        if data:
+            lines += [f"- data: {data}"]
         if rec.get("wall_seconds"):
             lines += [f"- wall time: {rec['wall_seconds'] / 60:.1f} min"]
         lines.append("")
@@ -100,6 +103,9 @@ def render(records: list[dict]) -> str:
                           for t, m in sorted(per_type.items())]
         if rec.get("rows"):
             lines += _table(rec["rows"])
+        if rec.get("targets"):
+            lines += ["", "| issue target | measured |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in rec["targets"].items()]
         if rec.get("metrics"):
             lines += ["| metric | value |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in rec["metrics"].items() if not isinstance(v, (dict, list))]
@@ -147,6 +153,12 @@ def _from_row_records(rec: dict, path: Path) -> dict:
             "wall_seconds": sum(r.get("wall_seconds") or 0 for r in rec["records"])}
 
 
+def drop_summarized_parts(records: list[dict]) -> list[dict]:
+    """Per-part records (e.g. chat_full) are rows of their "<prefix>_summary" record: keep that one."""
+    names = {r["experiment"] for r in records}
+    return [r for r in records if not (r.get("part") and f"{r['experiment'].split('_')[0]}_summary" in names)]
+
+
 def main() -> int:
     notes = _notes()
     records = []
@@ -162,6 +174,7 @@ def main() -> int:
             if rec["experiment"] in notes:
                 rec = {**rec, "notes": "\n".join(filter(None, [rec.get("notes"), notes[rec["experiment"]]]))}
             records.append(rec)
+    records = drop_summarized_parts(records)
     (ROOT / "BENCHMARKS.md").write_text(render(records))
     print(f"BENCHMARKS.md: {len({r['experiment'] for r in records})} experiments from {len(records)} records")
     return 0

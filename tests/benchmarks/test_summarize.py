@@ -1,0 +1,35 @@
+"""benchmarks/summarize.py renders every record shape, targets and data lines; parts fold into summaries."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _summarize():
+    spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_chat_parts_fold_into_the_summary_with_targets():
+    s = _summarize()
+    env = {"commit": "abc", "cpu": "test cpu"}
+    records = [
+        {"experiment": "chat_full", "part": "full", "env": env, "metrics": {"eval": {"response_loss": 2.0}}},
+        {"experiment": "chat_summary", "env": env, "command": "python benchmarks/bench_chat.py",
+         "data_subset": "train: first 300 records", "rows": [{"part": "full", "response_loss": 2.0}],
+         "targets": {"sparse_loss_vs_full (<= 1.02)": 1.01}},
+        {"experiment": "prune_lm", "env": env, "data": "WikiText-2 windows", "rows": [{"run": "x", "perplexity": 31.5}]},
+    ]
+    kept = s.drop_summarized_parts(records)
+    assert [r["experiment"] for r in kept] == ["chat_summary", "prune_lm"]
+    text = s.render(kept)
+    assert "## chat_full" not in text and "## chat_summary" in text
+    assert "| sparse_loss_vs_full (<= 1.02) | 1.0100 |" in text
+    assert "- data: train: first 300 records" in text and "- data: WikiText-2 windows" in text
+    # a part without its summary is still shown
+    assert [r["experiment"] for r in s.drop_summarized_parts(records[:1])] == ["chat_full"]
