@@ -57,11 +57,22 @@ def data_note(args) -> str:
         train = "first 40 sentences (quick smoke test)"
     return (f"CoNLL-2003: train = eng.train {train}; dev = eng.testa (3,250 sentences"
             f"{', first 24 only' if args.quick else ''}). WikiText-2: 512-token windows of wiki.valid.tokens, "
-            f"eval = first 48 windows of the last 10% of the file, calibration = first 32 windows of the rest")
+            f"eval = first 48 windows of the last 10% of the file, calibration = first "
+            f"{getattr(args, 'lm_calib_samples', 32)} windows of the rest")
 
 
 def run_dir(args) -> str:
     return "benchmarks/runs/prune" + ("_quick" if args.quick else "_full" if args.full_train else "")
+
+
+def experiment(part: str, args) -> str:
+    """Record name: variants of the fixed protocol get their own BENCHMARKS.md section."""
+    name = f"prune_{part}"
+    if args.full_train and part != "lm":
+        name += "_fulltrain"
+    if part == "lm" and getattr(args, "lm_calib_samples", 32) != 32:
+        name += f"_calib{args.lm_calib_samples}"
+    return name
 
 
 def conll_common(args, name: str, *, teacher_model: bool = True) -> list[str]:
@@ -139,12 +150,15 @@ def plan(part: str, args) -> list[dict]:
                 else:
                     name, pargs = pruner, {"sparsity": 0.5, "pattern": pattern}
                 settings.append((f"{pruner}_{pattern.replace(':', 'of')}", name, pargs))
+        calib = getattr(args, "lm_calib_samples", 32)
         for label, pruner, pargs in settings:
-            name = f"smollm2_{label}"
+            name = f"smollm2_{label}" + (f"_calib{calib}" if calib != 32 else "")
             over = [f"output_dir={base}/{name}", f"stages.prune.pruner={pruner}",
                     f"stages.prune.pruner_args={json.dumps(pargs)}", f"model={args.lm_model}"]
             if args.lm_data:
                 over.append(f"data.train={args.lm_data}")
+            if calib != 32:
+                over.append(f"stages.prune.calib_samples={calib}")
             if args.quick:
                 over += ["data.block_size=64", "data.eval_limit=2", "stages.prune.calib_samples=2"]
             runs.append({"name": name, "recipe": R + "smollm2_wikitext2_prune.yaml", "overrides": over,
@@ -242,13 +256,13 @@ def run_part(part: str, args) -> Path | None:
             if dense and "perplexity" in r:
                 r["ppl_ratio_vs_dense"] = r["perplexity"] / dense
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    record = {"experiment": f"prune_{part}", "command": " ".join(["python", "benchmarks/bench_prune.py",
+    record = {"experiment": experiment(part, args), "command": " ".join(["python", "benchmarks/bench_prune.py",
                                                                   *sys.argv[1:]]),
               "data": data_note(args), "quick": args.quick, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows, "details": details}
     folder = (ROOT / run_dir(args) / "results") if args.quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"prune_{part}-{stamp}.json"
+    path = folder / f"{experiment(part, args)}-{stamp}.json"
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     for r in rows:
@@ -267,6 +281,8 @@ def main() -> int:
                    help="unstructured sparsities for the oneshot and gradual parts")
     p.add_argument("--lm-model", default="smollm2", help="model of the lm part (alias or folder)")
     p.add_argument("--lm-data", default="", help="text file replacing wiki.valid.tokens (smoke tests)")
+    p.add_argument("--lm-calib-samples", type=int, default=32,
+                   help="lm part: 512-token calibration windows for Wanda/SparseGPT (protocol: 32)")
     p.add_argument("--runs", nargs="+", help="only runs whose name contains one of these strings")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -37,3 +37,19 @@ def test_every_planned_run_is_a_valid_recipe(quick):
                 build_stage_config(stage, recipe)
             assert recipe.output_dir.endswith(run["name"])
     assert counts == {"teacher": 1, "oneshot": 6, "gradual": 6, "nm": 2, "structured": 2, "lm": 7}
+
+
+def test_protocol_variants_get_their_own_experiment_names():
+    bench = _bench()
+    base = dict(quick=False, sparsities=[0.9], lm_model="smollm2", lm_data="", runs=None)
+    fixed = argparse.Namespace(full_train=False, lm_calib_samples=32, **base)
+    assert bench.experiment("gradual", fixed) == "prune_gradual" and bench.experiment("lm", fixed) == "prune_lm"
+    full = argparse.Namespace(full_train=True, lm_calib_samples=32, **base)
+    assert bench.experiment("teacher", full) == "prune_teacher_fulltrain"
+    assert all("data.train_limit=null" in r["overrides"] for r in bench.plan("gradual", full))
+    calib = argparse.Namespace(full_train=False, lm_calib_samples=128, **base)
+    assert bench.experiment("lm", calib) == "prune_lm_calib128"
+    runs = bench.plan("lm", calib)
+    assert all(r["name"].endswith("_calib128") and "stages.prune.calib_samples=128" in r["overrides"]
+               for r in runs)
+    assert "first 128 windows" in bench.data_note(calib)
