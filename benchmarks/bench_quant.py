@@ -150,7 +150,7 @@ def _ner_setup(model_dir: str, args):
 
 
 def _calib(tok, labels, args) -> list[dict]:
-    from sparseft.compress.quantize.stage import calibration_batches
+    from sparseft.compress.calibration import calibration_batches
     from sparseft.load.data import DataConfig, build_eval_data
 
     cfg = DataConfig(task="ner", max_length=128, eval_limit=args.calib_samples)
@@ -269,7 +269,7 @@ def lm_row(row: str, args) -> dict:
     import torch
 
     from sparseft.compress.quantize import DynamicInt8Config, GPTQConfig, NF4Config, RTNConfig, quantize_
-    from sparseft.compress.quantize.stage import calibration_batches
+    from sparseft.compress.calibration import calibration_batches
     from sparseft.eval.cost import count_parameters
     from sparseft.eval.evaluate import evaluate
     from sparseft.export.compressed import export_compressed

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from sparseft.compress.calibration import check_calibration, stage_calibration_batches
 from sparseft.compress.prune.api import needs_batches, prune_
 from sparseft.compress.prune.common import (default_ignore, default_targets, nonzero_masks, prunable_weights,
                                             sparsity_report)
@@ -56,12 +57,6 @@ def build_pruner_config(pruner: str, args: dict, **overrides) -> BaseConfig:
         raise ValueError(f"pruner {pruner!r}: {exc}") from None
 
 
-def _check_calib(cfg) -> None:
-    if cfg.calib_samples < 0 or cfg.calib_batch_size < 1:
-        raise ValueError(f"calib_samples must be >= 0 and calib_batch_size >= 1, got "
-                         f"{cfg.calib_samples} / {cfg.calib_batch_size}")
-
-
 @dataclass
 class PruneStageConfig(BaseConfig):
     """Args:
@@ -84,22 +79,11 @@ class PruneStageConfig(BaseConfig):
     output_dir: str = "runs/prune"
 
     def __post_init__(self) -> None:
-        _check_calib(self)
+        check_calibration(self.calib_samples, self.calib_batch_size)
         self.build()
 
     def build(self) -> BaseConfig:
         return build_pruner_config(self.pruner, self.pruner_args)
-
-
-def calibration_batches(ctx, n: int, batch_size: int) -> list[dict]:
-    """The first `n` training examples (a fixed, stated subset) as padded batches."""
-    from sparseft.load.tokenize import PadCollator
-
-    feats = list(ctx.data.train[:n]) if ctx.data is not None else []
-    if not feats:
-        raise ValueError("calibration needs training examples: give data.train and calib_samples > 0")
-    collate = PadCollator(ctx.pad_id)
-    return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
 
 
 def _cost(model, cfg) -> dict | None:
@@ -142,7 +126,7 @@ def _log_result(ctx, name: str, pcfg: BaseConfig, out_dir: str, before: dict | N
 
 def prune_stage(ctx, cfg: PruneStageConfig, name: str) -> None:
     pcfg = cfg.build()
-    batches = calibration_batches(ctx, cfg.calib_samples, cfg.calib_batch_size) if needs_batches(pcfg) else None
+    batches = stage_calibration_batches(ctx, cfg.calib_samples, cfg.calib_batch_size) if needs_batches(pcfg) else None
     before = _cost(ctx.model, cfg)
     structure_before = _structure(ctx.model)
     t0 = time.perf_counter()
@@ -196,7 +180,7 @@ class PruneFinetuneConfig(TrainConfig):
         super().__post_init__()
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        _check_calib(self)
+        check_calibration(self.calib_samples, self.calib_batch_size)
         if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
             raise ValueError(f"need 0 <= prune_start <= prune_end <= 1 (fractions of the training steps), "
                              f"got {self.prune_start} / {self.prune_end}")
@@ -298,7 +282,7 @@ def prune_finetune_stage(ctx, cfg: PruneFinetuneConfig, name: str) -> None:
 
     pruner = None
     if cfg.schedule == "oneshot":
-        batches = calibration_batches(ctx, cfg.calib_samples, cfg.calib_batch_size) if needs_batches(pcfg) else None
+        batches = stage_calibration_batches(ctx, cfg.calib_samples, cfg.calib_batch_size) if needs_batches(pcfg) else None
         t0 = time.perf_counter()
         prune_(model, pcfg, batches=batches)
         extra["prune_seconds"] = time.perf_counter() - t0

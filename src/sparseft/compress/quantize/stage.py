@@ -18,6 +18,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 
+from sparseft.compress.calibration import check_calibration, stage_calibration_batches
 from sparseft.compress.quantize.api import needs_batches, quantize_
 from sparseft.compress.quantize.layers import quantized_summary
 from sparseft.config.base import BaseConfig, save_config
@@ -57,24 +58,11 @@ class QuantizeStageConfig(BaseConfig):
     output_dir: str = "runs/quantize"
 
     def __post_init__(self) -> None:
-        if self.calib_samples < 0 or self.calib_batch_size < 1:
-            raise ValueError(f"calib_samples must be >= 0 and calib_batch_size >= 1, got "
-                             f"{self.calib_samples} / {self.calib_batch_size}")
+        check_calibration(self.calib_samples, self.calib_batch_size)
         self.build()
 
     def build(self) -> BaseConfig:
         return build_quantizer_config(self.quantizer, self.quantizer_args)
-
-
-def calibration_batches(features: list[dict], pad_id: int, n: int, batch_size: int) -> list[dict]:
-    """The first `n` features (a fixed, stated subset) as padded batches."""
-    from sparseft.load.tokenize import PadCollator
-
-    feats = list(features[:n])
-    if not feats:
-        raise ValueError("calibration needs training examples: give data.train and calib_samples > 0")
-    collate = PadCollator(pad_id)
-    return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
 
 
 def compressed_size(model) -> dict:
@@ -93,8 +81,7 @@ def quantize_stage(ctx, cfg: QuantizeStageConfig, name: str) -> None:
     qcfg = cfg.build()
     batches = None
     if needs_batches(qcfg):
-        train = ctx.data.train if ctx.data is not None else []
-        batches = calibration_batches(train, ctx.pad_id, cfg.calib_samples, cfg.calib_batch_size)
+        batches = stage_calibration_batches(ctx, cfg.calib_samples, cfg.calib_batch_size)
     if cfg.cost:
         before = measure_cost(ctx.model, seq_len=cfg.seq_len, repeats=cfg.repeats, disk=False)
         ctx.report.log(name, {"before": {k: before[k] for k in ("latency_ms_b1", "throughput_seq_s_b32")}})
