@@ -58,7 +58,7 @@ def data_note(args) -> str:
     return (f"CoNLL-2003: train = eng.train {train}; dev = eng.testa (3,250 sentences"
             f"{', first 24 only' if args.quick else ''}). WikiText-2: 512-token windows of wiki.valid.tokens, "
             f"eval = first 48 windows of the last 10% of the file, calibration = first "
-            f"{getattr(args, 'lm_calib_samples', 32)} windows of the rest")
+            f"{args.lm_calib_samples} windows of the rest")
 
 
 def run_dir(args) -> str:
@@ -70,7 +70,7 @@ def experiment(part: str, args) -> str:
     name = f"prune_{part}"
     if args.full_train and part != "lm":
         name += "_fulltrain"
-    if part == "lm" and getattr(args, "lm_calib_samples", 32) != 32:
+    if part == "lm" and args.lm_calib_samples != 32:
         name += f"_calib{args.lm_calib_samples}"
     return name
 
@@ -150,7 +150,7 @@ def plan(part: str, args) -> list[dict]:
                 else:
                     name, pargs = pruner, {"sparsity": 0.5, "pattern": pattern}
                 settings.append((f"{pruner}_{pattern.replace(':', 'of')}", name, pargs))
-        calib = getattr(args, "lm_calib_samples", 32)
+        calib = args.lm_calib_samples
         for label, pruner, pargs in settings:
             name = f"smollm2_{label}" + (f"_calib{calib}" if calib != 32 else "")
             over = [f"output_dir={base}/{name}", f"stages.prune.pruner={pruner}",

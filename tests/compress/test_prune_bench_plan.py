@@ -26,7 +26,7 @@ def test_every_planned_run_is_a_valid_recipe(quick):
 
     bench = _bench()
     args = argparse.Namespace(quick=quick, full_train=False, sparsities=[0.5, 0.7, 0.9], lm_model="smollm2",
-                              lm_data="", runs=None)
+                              lm_data="", runs=None, lm_calib_samples=32)
     counts = {}
     for part in bench.PARTS:
         runs = bench.plan(part, args)

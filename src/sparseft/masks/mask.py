@@ -80,7 +80,7 @@ def _topk_threshold(scores: Mapping[str, torch.Tensor], k: int) -> Masks:
         return masks
     total = sum(scores[n].numel() for n in names)
     t = _lower_bound(scores, k, total)
-    values = torch.cat([_flat32(scores[n])[_flat32(scores[n]) >= t].cpu() for n in names])   # [c >= k]
+    values = torch.cat([flat[flat >= t].cpu() for flat in map(_flat32, scores.values())])   # [c >= k]
     kth = float(torch.kthvalue(values, values.numel() - k + 1).values)     # the k-th largest score
     del values
     remaining = k
