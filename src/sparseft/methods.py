@@ -30,6 +30,7 @@ import sparseft.eval.stage  # noqa: F401  stage: eval
 import sparseft.export.compressed_stage  # noqa: F401  stage: export
 import sparseft.export.stage  # noqa: F401  stage: save
 import sparseft.sft.stage  # noqa: F401  stage: sft (and, through masks.select, every mask method)
+import sparseft.train.lora_stage  # noqa: F401  stage: lora
 import sparseft.train.stage  # noqa: F401  stage: train
 from sparseft.registry import REGISTRY, Method
 
