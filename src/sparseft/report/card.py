@@ -40,6 +40,7 @@ class Report:
                  f"- commit: {e.get('commit')}{' (dirty)' if e.get('dirty') else ''}",
                  f"- machine: {e.get('cpu')} ({e.get('cpu_count')} cpus, {e.get('torch_threads')} torch threads)"
                  + (f", GPU {e['cuda']}" if e.get("cuda") else ""),
+                 *([f"- CPU units: {e['hardware']['summary']}"] if (e.get("hardware") or {}).get("summary") else []),
                  "- versions: " + ", ".join(f"{k} {v}" for k, v in (e.get("versions") or {}).items() if v),
                  ""]
         for stage, metrics in self.sections.items():

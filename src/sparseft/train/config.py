@@ -19,8 +19,8 @@ class TrainConfig(BaseConfig):
         batch_size: examples per micro-batch per process. grad_accum: micro-batches per step.
         lr, weight_decay, warmup_ratio: AdamW with linear warm-up then linear decay to 0.
         max_grad_norm: clip the global gradient norm (None or 0 disables).
-        mixed_precision: 'auto' (bf16 on GPUs that support it, fp32 on CPU: bf16 autocast is ~20x
-            slower on CPUs without bf16 units), 'no', 'bf16' or 'fp16' (GPU only).
+        mixed_precision: 'auto' (bf16 on GPUs that support it; on CPUs bf16 only with native bf16
+            units and a faster probed step, else fp32: train/precision.py), 'no', 'bf16' or 'fp16' (GPU only).
         eval_every: 'epoch', 'never', or every N optimizer steps given as an int.
         metric_for_best: metric key to select the best checkpoint ('auto': f1 / accuracy /
             -perplexity by task); greater_is_better is inferred ('loss'/'perplexity' are minimised).

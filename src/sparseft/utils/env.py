@@ -1,4 +1,9 @@
-"""Describe the run environment for reports and benchmark records: commit, machine, versions."""
+"""Describe the run environment for reports and benchmark records: commit, machine, CPU units, versions.
+
+`hardware` (utils/hardware.py) says which ISA extensions and matrix units the CPU has (AVX2,
+AVX-512, VNNI, AVX512-BF16, AMX, NEON/SVE/BF16) and its hardware class: speed numbers only mean
+something next to it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("torch", "transformers", "accelerate", "peft", "safetensors", "gguf", "sparseft")
+from sparseft.utils.hardware import detect
+
+PACKAGES = ("torch", "transformers", "accelerate", "peft", "safetensors", "gguf", "onnxruntime", "torchao",
+            "sparseft")
 
 
 def git_commit(cwd: str | Path | None = None) -> dict[str, object]:
@@ -53,6 +61,7 @@ def describe_environment() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "hardware": detect().to_dict(),
         "versions": versions,
     }
     return info
