@@ -9,7 +9,7 @@ Hashing runs at memory speed (~40 MB of MiniLM Linear weights in well under a se
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 
@@ -28,6 +28,11 @@ def fingerprint(model: torch.nn.Module, names: Iterable[str]) -> str:
     """
     tensors = dict(model.named_parameters())
     tensors.update({k: v for k, v in model.named_buffers() if k not in tensors})
+    return fingerprint_tensors(tensors, names)
+
+
+def fingerprint_tensors(tensors: Mapping[str, torch.Tensor], names: Iterable[str]) -> str:
+    """`fingerprint` over a {name: tensor} mapping (e.g. base weights held inside adapter layers)."""
     h = hashlib.sha256()
     for name in sorted(set(names)):
         if name not in tensors:
