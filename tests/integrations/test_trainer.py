@@ -78,6 +78,8 @@ def test_trainer_trains_only_masked_entries_and_checkpoints_hold_only_sparse_sta
     ckpt = tmp_path / "out" / "checkpoint-4"
     names = {p.name for p in ckpt.iterdir()}
     assert "adapter_model.safetensors" in names and "README.md" in names
+    card = (ckpt / "README.md").read_text()
+    assert "library_name: peft" in card and "sparse-adapter" in card and "| train | loss |" in card
     assert not names & {"model.safetensors", "pytorch_model.bin"}
     saved = load_file(str(ckpt / "adapter_model.safetensors"))
     assert all("sparseft_" in k or ".classifier." in k for k in saved), sorted(saved)[:5]

@@ -65,7 +65,7 @@ class SparseFTModel(BaseTuner):
             raise ValueError("SparseFTConfig: target_modules matched no module with a 2-D weight")
         weights = {name: layer.get_base_layer().weight for name, layer in layers.items()}
         if config.base_fingerprint:  # a saved adapter being loaded: is this its base?
-            check_adapter_base(weights, config)
+            check_adapter_base(plain_parameters(model), config)
             return
         config.fingerprint_tensors = sorted(weights)
         config.base_fingerprint = fingerprint_tensors(weights, config.fingerprint_tensors)
@@ -86,13 +86,18 @@ class SparseFTModel(BaseTuner):
         return remapped
 
 
+def plain_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{name in the plain base model: parameter} of a model with SparseFTLayers injected."""
+    return {n.removeprefix(_PEFT_PREFIX).replace(".base_layer.", "."): p for n, p in model.named_parameters()}
+
+
 def check_adapter_base(weights: dict[str, torch.Tensor], config: SparseFTConfig) -> None:
-    """Raise ValueError if the base weights are not the ones the adapter was trained on."""
-    names = config.fingerprint_tensors or sorted(weights)
+    """Raise ValueError if `weights` ({plain name: tensor}) are not the base the adapter was trained on."""
+    names = config.fingerprint_tensors or []
     missing = sorted(set(names) - set(weights))
-    if missing:
-        raise ValueError(f"this sparse adapter was trained on a base with modules {missing[:3]} that this "
-                         f"model does not target (wrong base model?)")
+    if missing or not names:
+        raise ValueError(f"this sparse adapter was trained on a base with parameters {missing[:3]} that this "
+                         f"model does not have (wrong base model?)")
     dtype = str(weights[names[0]].dtype).removeprefix("torch.")
     if config.base_dtype and dtype != config.base_dtype:
         warnings.warn(f"the base is {dtype}, the sparse adapter was trained on a {config.base_dtype} base: "

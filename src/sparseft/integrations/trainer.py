@@ -11,6 +11,8 @@ What it does, in Trainer's order:
     whose identity the optimizer holds, before any step (AdamW's state is created lazily).
     Drawing those batches advances the dataloader's sampler once, so the first epoch's order
     differs from a run without selection.
+  * `on_save`: the checkpoint's README.md becomes sparseft's adapter model card (how to load it,
+    the base fingerprint, the last training loss) instead of peft's empty template.
   * `on_step_end` (after each optimizer step, `state.global_step` 1-based): the regrow mask's
     drop/regrow hook, `sparseft.sft.regrow.RegrowHook`, the same one sparseft's own loop runs,
     with the Trainer's optimizer for resetting the state of regrown entries.
@@ -26,10 +28,12 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+from pathlib import Path
 from typing import Callable
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sparseft.integrations.peft_method import (peft_sparseft_config, pending_adapters,
                                                select_sparseft_masks_, sparseft_layers)
@@ -100,6 +104,17 @@ class SparseFTCallback(TrainerCallback):
             if optimizer is not None:  # accelerate wraps it; the state lives in the inner optimizer
                 self.regrow.optimizer_ref.optimizer = getattr(optimizer, "optimizer", optimizer)
             self.regrow(model, state.global_step)
+        return control
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        """Replace peft's template README.md in the new checkpoint with sparseft's adapter card."""
+        from sparseft.integrations.convert import ADAPTER_CONFIG, write_adapter_card
+
+        ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and (ckpt / ADAPTER_CONFIG).exists():
+            logged = [r for r in state.log_history if "loss" in r]
+            metrics = {"train": {"step": logged[-1].get("step"), "loss": logged[-1]["loss"]}} if logged else None
+            write_adapter_card(ckpt, peft_sparseft_config(model, self.adapter_name), metrics=metrics)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
