@@ -10,4 +10,8 @@ transformers) are imported by the submodules that need them.
 
 __version__ = "0.1.0"
 
+from sparseft.hf_registration import install as _install_hf_quantizer  # noqa: E402
+
+_install_hf_quantizer()  # "sparseft" quantizer for from_pretrained, registered lazily (no torch import here)
+
 __all__ = ["__version__"]
