@@ -121,6 +121,13 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     src = resolve_model(name)
+    from sparseft.compress.factorize.artifact import folder_factorization, load_factorized  # lazy: a plug-in format
+    if src.gguf_file is None and Path(src.path).is_dir() and folder_factorization(src.path):
+        model = load_factorized(src.path, dtype=dtype)   # from_pretrained would refuse it (size-mismatch guards)
+        if task != "lm" and labels and model_labels(model) != list(labels):
+            raise ValueError(f"{name} is a factorized model predicting {model_labels(model)}; "
+                             f"the data has {list(labels)}")
+        return model
     kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32}
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
