@@ -17,6 +17,7 @@ from sparseft.load.data import TaskData
 from sparseft.report.card import Report
 from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import atomic_write_text
+from sparseft.utils.outdir import prepare_output_dir
 from sparseft.utils.seed import seed_everything
 
 
@@ -29,6 +30,7 @@ class RunContext:
     data: TaskData | None = None
     report: Report = field(default_factory=Report)
     state: dict[str, Any] = field(default_factory=dict)  # stage outputs other stages may read
+    overwrite: bool = False  # the run may replace folders sparseft did not write (utils/outdir.py)
 
     @property
     def pad_id(self) -> int:
@@ -61,12 +63,34 @@ def load_context(recipe: Recipe, *, title: str | None = None) -> RunContext:
     return ctx
 
 
-def run(recipe: Recipe, *, print_report: bool = True, title: str | None = None) -> RunContext:
-    """Run every stage of `recipe`; writes report.md / metrics.json into its output folder."""
+def run_owner(recipe: Recipe) -> str:
+    """Who a run folder belongs to: the recipe's stage list (a rerun or resume matches it)."""
+    return "run:" + "+".join(s.method for s in recipe.stages)
+
+
+def prepare_run_dir(recipe: Recipe, *, overwrite: bool = False) -> Path:
+    """Check (and create, on the main process) the run folder before any work is done.
+
+    A non-empty folder sparseft did not make for the same stage list is refused unless
+    `overwrite`; a folder that is or contains the model being read is always refused.
+    """
+    return prepare_output_dir(recipe.output_dir, owner=run_owner(recipe), overwrite=overwrite,
+                              inputs=[recipe.model], write=is_main_process())
+
+
+def run(recipe: Recipe, *, print_report: bool = True, title: str | None = None,
+        overwrite: bool = False) -> RunContext:
+    """Run every stage of `recipe`; writes report.md / metrics.json into its output folder.
+
+    Args:
+        overwrite: allow an output folder sparseft did not write (see `prepare_run_dir`).
+    """
     from sparseft.methods import build_stage_config  # registers every stage
 
     configs = [(s, build_stage_config(s, recipe)) for s in recipe.stages]  # validate all before work
+    prepare_run_dir(recipe, overwrite=overwrite)
     ctx = load_context(recipe, title=title)
+    ctx.overwrite = overwrite
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         atomic_write_text(ctx.output_dir / "recipe.yaml", recipe.to_yaml())

@@ -22,6 +22,12 @@ def add_data_args(p: argparse.ArgumentParser, *, train: bool = True) -> None:
     g.add_argument("--eval-limit", type=int, help="use only the first N evaluation records")
 
 
+def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into (or replace) a non-empty output folder that sparseft did not write "
+                        "for this command; a folder holding the input is never replaced")
+
+
 def data_dict(args: argparse.Namespace) -> dict:
     text_col = args.text_col.split(",") if "," in args.text_col else args.text_col
     out = {"task": args.task or "ner", "format": args.format, "text_col": text_col,

@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output-dir", default="runs/demo", help="run folder")
     p.add_argument("--model", default="minilm", help="model alias, folder or hub id")
+    p.add_argument("--overwrite", action="store_true", help="use a non-empty --output-dir sparseft did not write")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. stages.finetune.epochs=1")
     p.set_defaults(func=run)
 
@@ -24,16 +25,19 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from sparseft.config.recipe import load_recipe
     from sparseft.demo.toy_ner import write_toy_ner
+    from sparseft.pipeline import prepare_run_dir
     from sparseft.pipeline import run as run_recipe
 
     out = Path(args.output_dir)
-    train_path, dev_path = write_toy_ner(out / "data")
+    train_path, dev_path = out / "data" / "train.conll", out / "data" / "dev.conll"
     recipe_path = resources.files("sparseft") / "recipes" / "demo_ner.yaml"
     overrides = [f"model={args.model}", f"output_dir={out}", f"data.train={train_path}",
                  f"data.eval={dev_path}", "stages.finetune.resume=false", *args.overrides]
     with resources.as_file(recipe_path) as path:
         recipe = load_recipe(path, overrides)
+    prepare_run_dir(recipe, overwrite=args.overwrite)  # before the data is written into it
+    write_toy_ner(out / "data")  # writes train.conll and dev.conll
     print(f"sparseft demo: toy NER data in {out / 'data'}; training {recipe.model} ...")
-    run_recipe(recipe)
+    run_recipe(recipe, overwrite=args.overwrite)
     print(f"model saved to {out / 'model'}; report in {out / 'report.md'}")
     return 0

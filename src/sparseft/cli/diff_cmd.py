@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sparseft.cli.common import add_overwrite_arg
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("diff", help="inspect, apply, revert, compose or merge sparse diffs",
@@ -39,6 +41,7 @@ def add_parser(sub) -> None:
             v.add_argument("--scale", type=float, default=1.0, help="multiply the sparse deltas by this factor")
         v.add_argument("--force", action="store_true", help="skip the base-model check (fingerprint)")
         _add_task_args(v)
+        add_overwrite_arg(v)
         v.set_defaults(func=run_apply if name == "apply" else run_revert)
 
     v = verbs.add_parser("compose", help="combine several diffs into one diff folder", formatter_class=fmt)
@@ -48,6 +51,7 @@ def add_parser(sub) -> None:
                    help="overlapping positions: add deltas, refuse, or let the later diff win")
     v.add_argument("--drop-heads", action="store_true", help="leave out dense heads (diffs of different tasks)")
     v.add_argument("--force", action="store_true", help="compose diffs of different bases")
+    add_overwrite_arg(v)
     v.set_defaults(func=run_compose)
 
     v = verbs.add_parser("merge", help="apply one or more diffs to a base and save a dense model",
@@ -58,6 +62,7 @@ def add_parser(sub) -> None:
     v.add_argument("--policy", default="sum", choices=["sum", "error", "last"], help="compose policy")
     v.add_argument("--force", action="store_true", help="skip the base-model check (fingerprint)")
     _add_task_args(v)
+    add_overwrite_arg(v)
     v.set_defaults(func=run_merge)
 
 
@@ -91,43 +96,54 @@ def _load(model: str, diff, task: str | None):
     return load_model(model, task, labels=labels), load_tokenizer(model)
 
 
-def _save(model, tokenizer, out: str, manifest: dict, action: str) -> None:
+def _check_output(args: argparse.Namespace, *inputs: str) -> None:
+    """Refuse a foreign or input-holding --output before any loading (utils/outdir.py)."""
+    from sparseft.utils.outdir import check_output_dir
+
+    check_output_dir(args.output, owner=f"diff {args.verb}", overwrite=args.overwrite, inputs=inputs, replace=True)
+
+
+def _save(model, tokenizer, args: argparse.Namespace, manifest: dict, action: str) -> None:
     from sparseft.export.save import save_artifact
 
     meta = {k: v for k, v in manifest.items() if k != "tensors"}
-    save_artifact(model, tokenizer, out, configs={"diff": {**meta, "action": action}})
-    print(f"{action}: wrote {out}")
+    save_artifact(model, tokenizer, args.output, configs={"diff": {**meta, "action": action}},
+                  overwrite=args.overwrite, owner=f"diff {args.verb}")
+    print(f"{action}: wrote {args.output}")
 
 
 def run_apply(args: argparse.Namespace) -> int:
     from sparseft.export.sparse_diff import apply_diff_, load_diff
 
+    _check_output(args, args.diff, args.model)
     diff = load_diff(args.diff)
     model, tok = _load(args.model, diff, args.task)
     apply_diff_(model, diff, args.scale, force=args.force)
-    _save(model, tok, args.output, diff.manifest, "apply")
+    _save(model, tok, args, diff.manifest, "apply")
     return 0
 
 
 def run_revert(args: argparse.Namespace) -> int:
     from sparseft.export.sparse_diff import load_diff, revert_diff_
 
+    _check_output(args, args.diff, args.model)
     diff = load_diff(args.diff)
     model, tok = _load(args.model, diff, args.task)
-    revert_diff_(model, diff)
-    _save(model, tok, args.output, diff.manifest, "revert")
+    revert_diff_(model, diff, force=args.force)
+    _save(model, tok, args, diff.manifest, "revert")
     return 0
 
 
 def run_compose(args: argparse.Namespace) -> int:
     from sparseft.export.sparse_diff import compose, load_diff, save_diff
 
+    _check_output(args, *args.diffs)
     diffs = [load_diff(d) for d in args.diffs]
     if args.drop_heads:
         diffs = [d.without_dense() for d in diffs]
     out = compose(diffs, args.policy, force=args.force)
     out.manifest["components"] = [{**c, "path": p} for c, p in zip(out.manifest["components"], args.diffs)]
-    save_diff(out, args.output)
+    save_diff(out, args.output, overwrite=args.overwrite, owner="diff compose")
     print(f"compose: {len(diffs)} diffs -> {args.output} ({out.count} entries, policy {args.policy})")
     return 0
 
@@ -135,9 +151,10 @@ def run_compose(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     from sparseft.export.sparse_diff import compose, load_diff, merge
 
+    _check_output(args, *args.diffs, args.base)
     diffs = [load_diff(d) for d in args.diffs]
     diff = diffs[0] if len(diffs) == 1 else compose(diffs, args.policy, force=args.force)
     model, tok = _load(args.base, diff, args.task)
-    merge(model, diff, args.output, tokenizer=tok, force=args.force)
+    merge(model, diff, args.output, tokenizer=tok, force=args.force, overwrite=args.overwrite, owner="diff merge")
     print(f"merge: {len(diffs)} diff(s) + {args.base} -> {args.output}")
     return 0

@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sparseft.cli.common import add_data_args, data_dict, parse_options
+from sparseft.cli.common import add_data_args, add_overwrite_arg, data_dict, parse_options
 
 
 def add_parser(sub) -> None:
@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="extra field of the pruning method's config, e.g. allocation=per_row (repeatable)")
     p.add_argument("--output-dir", default="runs/prune", help="run folder (model, report, sparsity.json)")
+    add_overwrite_arg(p)
     p.add_argument("--calib-samples", type=int, default=128, help="training examples used for calibration")
     add_data_args(p)
     g = p.add_argument_group("fine-tuning after pruning (needs --train)")
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = Recipe.from_dict(build_recipe_dict(args))
     # without --train the recipe has no data: the pipeline then loads the model alone
-    run_recipe(recipe, title=None if args.train else f"sparseft prune: {Path(args.output_dir).name}")
+    run_recipe(recipe, title=None if args.train else f"sparseft prune: {Path(args.output_dir).name}",
+               overwrite=args.overwrite)
     print(f"pruned model saved to {Path(args.output_dir) / 'model'}")
     return 0

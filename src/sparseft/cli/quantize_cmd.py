@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sparseft.cli.common import add_data_args, data_dict, parse_options
+from sparseft.cli.common import add_data_args, add_overwrite_arg, data_dict, parse_options
 
 
 def add_parser(sub) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                    help="field of the quantizer's config, e.g. bits=4, group_size=64 (repeatable)")
     p.add_argument("--output-dir", default="runs/quantize", help="run folder (compressed/, report, config)")
+    add_overwrite_arg(p)
     p.add_argument("--calib-samples", type=int, default=128, help="training examples used for calibration")
     p.add_argument("--sparse", choices=["auto", "always", "never"], default="auto",
                    help="bitmask storage of sparse tensors in the export")
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = Recipe.from_dict(build_recipe_dict(args))
     # without --train the recipe has no data: the pipeline then loads the model alone
-    run_recipe(recipe, title=None if args.train else f"sparseft quantize: {Path(args.output_dir).name}")
+    run_recipe(recipe, title=None if args.train else f"sparseft quantize: {Path(args.output_dir).name}",
+               overwrite=args.overwrite)
     print(f"compressed checkpoint written to {Path(args.output_dir) / 'compressed'}")
     return 0

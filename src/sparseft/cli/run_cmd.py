@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparseft.cli.common import add_overwrite_arg
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a YAML recipe of stages",
@@ -12,6 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("recipe", nargs="?", help="recipe YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied before validation")
     p.add_argument("--list-stages", action="store_true", help="list the registered stage methods and exit")
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -28,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.recipe:
         raise ValueError("give a recipe YAML file (or --list-stages)")
-    run_recipe(load_recipe(args.recipe, args.overrides))
+    run_recipe(load_recipe(args.recipe, args.overrides), overwrite=args.overwrite)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from sparseft.cli.common import add_data_args, data_dict, parse_options
+from sparseft.cli.common import add_data_args, add_overwrite_arg, data_dict, parse_options
 
 
 def add_parser(sub) -> None:
@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="minilm", help="alias (minilm, smollm2), folder, .gguf or hub id")
     p.add_argument("--output-dir", default="runs/train", help="run folder (checkpoints, log, model, report)")
     p.add_argument("--method", default="train", help="training stage method (registered stage name)")
+    add_overwrite_arg(p)
     add_data_args(p)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=3, help="passes over the training data")
@@ -60,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
     from sparseft.config.recipe import Recipe
     from sparseft.pipeline import run as run_recipe
 
-    run_recipe(Recipe.from_dict(build_recipe_dict(args)))
+    run_recipe(Recipe.from_dict(build_recipe_dict(args)), overwrite=args.overwrite)
     return 0

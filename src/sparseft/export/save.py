@@ -7,19 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from sparseft.config.base import BaseConfig, save_config
-from sparseft.utils.io import atomic_dir, atomic_write_json
+from sparseft.utils.io import atomic_write_json
+from sparseft.utils.outdir import replace_dir
 
 
 def save_artifact(model, tokenizer, directory: str | Path, *, configs: dict[str, Any] | None = None,
-                  recipe_yaml: str | None = None) -> Path:
+                  recipe_yaml: str | None = None, overwrite: bool = False, owner: str | None = None) -> Path:
     """Write model + tokenizer + configs into `directory` (replaced as a whole on success).
 
     Args:
         configs: name -> BaseConfig or plain dict, saved as `sparseft_<name>.json`.
         recipe_yaml: the recipe text, saved as `sparseft_recipe.yaml`.
+        overwrite / owner: see `sparseft.utils.outdir` (a non-empty folder sparseft did not
+            write is refused unless overwrite=True).
     """
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
+    with replace_dir(directory, owner=owner, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -18,8 +18,14 @@ bf16 copy of the base), hold exactly the stored base values at every position th
 changes. Otherwise it refuses with a message; `force=True` (`--force`) overrides.
 
 Revert writes the stored base values back (bit-exact W0 at the diff's positions); dense heads
-are left as they are (they are not part of the base). When diffs overlap and were applied one
-after the other, reverting any of them restores W0 at the shared positions.
+are left as they are (they are not part of the base). It first checks that the model holds
+base + delta at those positions (`check_applied`), so one model's W0 is never written into
+another. When diffs overlap and were applied one after the other, that check fails at the shared
+positions; `force=True` reverts anyway and restores W0 there.
+
+Loading checks the files (export/diff_validate.py): counts against the manifest, a sha256
+checksum of the stored tensors (diffs from before the checksum load with a warning), index
+ranges, duplicates and NaN / inf; truncated or corrupt files give one error naming the file.
 
 Compose policies for positions present in several diffs (`compose(diffs, policy=...)`):
     "sum"    (default) deltas add up: the same as applying the diffs one after the other;
@@ -38,13 +44,16 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from sparseft.export.diff_validate import check_checksum, check_entries, check_manifest, tensors_checksum
 from sparseft.export.fingerprint import fingerprint
-from sparseft.utils.io import atomic_dir, dir_size_bytes
+from sparseft.utils.io import dir_size_bytes
+from sparseft.utils.outdir import replace_dir
+from sparseft.utils.tensorfile import load_tensors
 
 __all__ = ["SparseDiff", "save_diff", "load_diff", "apply_diff_", "revert_diff_", "compose", "merge",
-           "diff_info", "fingerprint", "check_base", "POLICIES", "BaseMismatch"]
+           "diff_info", "fingerprint", "check_base", "check_applied", "POLICIES", "BaseMismatch"]
 
 FORMAT, FORMAT_VERSION = "sparseft.sparse_diff", 1
 POLICIES = ("sum", "error", "last")
@@ -76,12 +85,8 @@ class SparseDiff:
     manifest: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in self.indices:
-            k = self.indices[name].numel()
-            if self.values[name].numel() != k:
-                raise ValueError(f"{name}: {k} indices but {self.values[name].numel()} values")
-            if name in self.base_values and self.base_values[name].numel() != k:
-                raise ValueError(f"{name}: {k} indices but {self.base_values[name].numel()} base values")
+        # counts, index ranges / duplicates, NaN or inf (export/diff_validate.py)
+        check_entries(self.indices, self.values, self.shapes, self.base_values, self.dense)
 
     @property
     def count(self) -> int:
@@ -115,8 +120,12 @@ class SparseDiff:
 
 # ---- files ---------------------------------------------------------------------------------
 
-def save_diff(diff: SparseDiff, directory: str | Path) -> Path:
-    """Write `diff.safetensors` + `manifest.json` into `directory` (replaced atomically)."""
+def save_diff(diff: SparseDiff, directory: str | Path, *, overwrite: bool = False, owner: str | None = None) -> Path:
+    """Write `diff.safetensors` + `manifest.json` into `directory` (replaced atomically).
+
+    A non-empty folder sparseft did not write is refused unless `overwrite` (see
+    `sparseft.utils.outdir`, which also explains `owner`).
+    """
     tensors: dict[str, torch.Tensor] = {}
     meta: dict = {}
     for name, idx in diff.indices.items():
@@ -133,19 +142,32 @@ def save_diff(diff: SparseDiff, directory: str | Path) -> Path:
                 "dense": {n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                           for n, t in diff.dense.items()},
                 "count": diff.count}
+    manifest["checksum"] = tensors_checksum(tensors)  # verified by load_diff
     manifest.setdefault("sparseft_version", _version())
     manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    with atomic_dir(directory) as tmp:
+    with replace_dir(directory, owner=owner, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / "diff.safetensors"), metadata={"format": FORMAT})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return Path(directory)
 
 
 def load_diff(directory: str | Path) -> SparseDiff:
-    """Read a diff folder written by `save_diff` (indices come back as int64)."""
+    """Read a diff folder written by `save_diff` (indices come back as int64).
+
+    The tensors are checked against the manifest and its checksum, and for NaN / out-of-range
+    indices (export/diff_validate.py); any problem is a ValueError naming the file.
+    """
     directory = Path(directory)
     manifest = _read_manifest(directory)
-    raw = load_file(str(directory / "diff.safetensors"))
+    path = directory / "diff.safetensors"
+    raw = load_tensors(path)
+    try:
+        return _from_stored(raw, manifest, path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _from_stored(raw: dict[str, torch.Tensor], manifest: dict, path: Path) -> SparseDiff:
     indices, values, base, dense, shapes = {}, {}, {}, {}, {}
     for key, t in raw.items():
         name, _, kind = key.rpartition(_SEP)
@@ -158,7 +180,9 @@ def load_diff(directory: str | Path) -> SparseDiff:
         elif kind == "dense":
             dense[name] = t
         else:
-            raise ValueError(f"{directory}/diff.safetensors: unexpected tensor {key!r}")
+            raise ValueError(f"unexpected tensor {key!r}")
+    check_manifest(manifest, indices, dense)
+    check_checksum(manifest, raw, str(path))
     for name in indices:
         shapes[name] = tuple(manifest["tensors"][name]["shape"])
     return SparseDiff(indices, values, shapes, base, dense, manifest)
@@ -168,7 +192,12 @@ def _read_manifest(directory: Path) -> dict:
     path = directory / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(f"{directory} is not a sparse diff folder (no manifest.json)")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); the file is truncated or corrupt") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: not a sparseft sparse diff (format {manifest.get('format')!r})")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
@@ -260,10 +289,44 @@ def apply_diff_(model: torch.nn.Module, diff: SparseDiff, scale: float = 1.0, *,
         params[name].copy_(t)
 
 
-@torch.no_grad()
-def revert_diff_(model: torch.nn.Module, diff: SparseDiff) -> None:
-    """Undo `apply_diff_` on the sparse tensors (bit-exact W0 when the diff stores base values)."""
+def check_applied(model: torch.nn.Module, diff: SparseDiff) -> str:
+    """Revert's base check: the model must hold base + delta at the diff's positions.
+
+    Returns how it was checked; raises BaseMismatch for a model the diff was not applied to
+    (reverting would write this diff's W0 into another model). Diffs without base values cannot
+    be checked. Tolerance: a few ulps of the parameter dtype (training vs. apply rounding).
+    """
     params = _params(model, diff)
+    if not diff.indices:
+        return "nothing to check (dense tensors only)"
+    if not all(n in diff.base_values for n in diff.indices):
+        return "unchecked (the diff stores no base values)"
+    for name, idx in diff.indices.items():
+        p = params[name].detach()
+        have = p.reshape(-1)[idx.to(p.device)].float()
+        base = diff.base_values[name].to(device=p.device, dtype=p.dtype).float()
+        want = (base.to(p.dtype) + diff.values[name].to(device=p.device, dtype=p.dtype)).float()
+        tol = 4 * torch.finfo(p.dtype).eps * (want.abs() + base.abs()) + 1e-30
+        bad = int(((have - want).abs() > tol).sum())
+        if bad:
+            raise BaseMismatch(
+                f"{name}: at {bad} of {idx.numel()} positions the model does not hold base + this diff's "
+                f"delta, so this diff was not applied to it (or other diffs changed the same positions); "
+                f"reverting would write the diff's base weights into another model. Override with "
+                f"force=True (CLI: --force) if you know what you are doing.")
+    return "base + delta"
+
+
+@torch.no_grad()
+def revert_diff_(model: torch.nn.Module, diff: SparseDiff, *, force: bool = False) -> None:
+    """Undo `apply_diff_` on the sparse tensors (bit-exact W0 when the diff stores base values).
+
+    Args:
+        force: skip the check that the diff was applied to `model` (see `check_applied`).
+    """
+    params = _params(model, diff)
+    if not force:
+        check_applied(model, diff)
     for name, idx in diff.indices.items():
         p = params[name]
         idx = idx.to(p.device)
@@ -345,10 +408,12 @@ def compose(diffs: Sequence[SparseDiff], policy: str = "sum", *, scales: Sequenc
 
 
 def merge(model: torch.nn.Module, diffs: SparseDiff | Sequence[SparseDiff], directory: str | Path, *,
-          tokenizer=None, policy: str = "sum", scale: float = 1.0, force: bool = False) -> Path:
+          tokenizer=None, policy: str = "sum", scale: float = 1.0, force: bool = False,
+          overwrite: bool = False, owner: str | None = None) -> Path:
     """Apply (composed) diffs to `model` in place and write a dense `save_pretrained` folder.
 
-    The folder also holds `sparseft_diff.json`, the manifest of what was merged.
+    The folder also holds `sparseft_diff.json`, the manifest of what was merged. `overwrite` /
+    `owner`: see `save_artifact`.
     """
     from sparseft.export.save import save_artifact
 
@@ -356,7 +421,8 @@ def merge(model: torch.nn.Module, diffs: SparseDiff | Sequence[SparseDiff], dire
         diffs[0] if len(diffs) == 1 else compose(diffs, policy, force=force))
     apply_diff_(model, diff, scale, force=force)
     manifest = {k: v for k, v in diff.manifest.items() if k not in ("tensors",)}
-    return save_artifact(model, tokenizer, directory, configs={"diff": {**manifest, "scale": scale}})
+    return save_artifact(model, tokenizer, directory, configs={"diff": {**manifest, "scale": scale}},
+                         overwrite=overwrite, owner=owner)
 
 
 def _version() -> str:

@@ -9,6 +9,7 @@ from sparseft.export.save import save_artifact
 from sparseft.registry import register_method
 from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import dir_size_bytes
+from sparseft.utils.outdir import check_output_dir
 
 
 @dataclass
@@ -24,8 +25,9 @@ def save_stage(ctx, cfg: SaveConfig, name: str) -> None:
     path = cfg.path or str(ctx.output_dir / "model")
     if not is_main_process():  # under multi-process launches only rank 0 writes
         return
+    check_output_dir(path, overwrite=ctx.overwrite, inputs=[ctx.recipe.model], replace=True)
     save_artifact(ctx.model, ctx.tokenizer, path, configs={"data": ctx.recipe.data},
-                  recipe_yaml=ctx.recipe.to_yaml())
+                  recipe_yaml=ctx.recipe.to_yaml(), overwrite=ctx.overwrite)
     ctx.report.log(name, {"path": path, "size_mb": dir_size_bytes(path) / 2**20})
 
 
