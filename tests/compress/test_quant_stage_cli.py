@@ -45,7 +45,7 @@ def test_stage_configs_validate_quantizer_names_and_args():
     from sparseft.compress.quantize.stage import QuantizeStageConfig
     from sparseft.export.compressed_stage import ExportConfig
 
-    with pytest.raises(ValueError, match="valid choices: dynamic_int8, gptq, half, kmeans, nf4, rtn"):
+    with pytest.raises(ValueError, match="valid choices: dynamic_int8, gptq, half, kmeans, nf4, rtn, static_int8"):
         QuantizeStageConfig(quantizer="awq")
     with pytest.raises(ValueError, match="quantizer 'rtn'.*bits"):
         QuantizeStageConfig(quantizer="rtn", quantizer_args={"bits": 5})

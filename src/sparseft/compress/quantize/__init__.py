@@ -9,6 +9,8 @@ config dataclass + apply function registered with kind "quantize":
   gptq.py     GPTQConfig         error-compensated int4/int8 from calibration data
   dynamic.py  DynamicInt8Config  int8 weights + run-time int8 activations (oneDNN) for CPU speed
   half.py     HalfPrecisionConfig  bf16 / fp16 weights and compute (2x smaller; fast with bf16 units)
+  static.py   StaticInt8Config   int8 weights + int8 activations with calibrated ranges
+  kernels.py  the int8 kernel choice (hardware rule + micro-benchmark) behind backend='auto'
 
 Weight-only methods swap nn.Linear for `layers.QuantLinear` (packed codes dequantized on the
 fly); dynamic int8 swaps in `dynamic.DynamicInt8Linear`. `export/compressed.py` writes either to
@@ -23,6 +25,8 @@ from sparseft.compress.quantize.kmeans import KMeansConfig
 from sparseft.compress.quantize.layers import QuantLinear, quantized_summary
 from sparseft.compress.quantize.nf4 import NF4Config
 from sparseft.compress.quantize.rtn import RTNConfig
+from sparseft.compress.quantize.static import StaticInt8Config, StaticInt8Linear
 
 __all__ = ["quantize_", "needs_batches", "RTNConfig", "NF4Config", "KMeansConfig", "GPTQConfig",
-           "DynamicInt8Config", "HalfPrecisionConfig", "QuantLinear", "DynamicInt8Linear", "quantized_summary"]
+           "DynamicInt8Config", "HalfPrecisionConfig", "StaticInt8Config", "StaticInt8Linear", "QuantLinear",
+           "DynamicInt8Linear", "quantized_summary"]

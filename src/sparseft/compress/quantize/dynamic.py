@@ -7,14 +7,18 @@ with int32 accumulation, then rescales to float. Kernels (`backend`):
   * "onednn"  `torch.ops.onednn.qlinear_pointwise` on a prepacked weight, activations uint8 per
               tensor (asymmetric). The int8 GEMM that torch's x86 Inductor / torchao PT2E flow
               lowers to, on plain tensors; uses AVX512-VNNI / AMX where the CPU has them.
-              The default where available ("auto").
+              A layer built with backend "auto" takes it where available.
   * "int_mm"  `torch._int_mm` (int8 x int8 -> int32), activations int8 per token (symmetric).
               Portable (any CPU, CUDA), more accurate per token, but its CPU kernel is slow for
-              large batches. The fallback of "auto".
+              large batches. The fallback where oneDNN is missing.
   * "fbgemm"  opt-in: `torch.ops.quantized.linear_dynamic`, the kernel behind torch.ao's
               quantize_dynamic, on our int8 weights (7-bit activations, as there). Up to ~1.7x
               faster than oneDNN per layer on small batches here, but it needs quantized tensors,
               which torch 2.13 deprecates (it warns they will be removed): not the default.
+
+`DynamicInt8Config(backend="auto")` (the default) measures the kernels this CPU and build offer
+on the model's own layer shapes and takes the fastest (kernels.py; `cfg.resolve(model)` returns
+the choice and the timings, which the quantize stage logs).
 
 Why (numbers in docs/quantization.md, `bench_quant.py --only linear`): the fbgemm path is the
 fastest but deprecated with torch.ao.quantization; oneDNN is the fastest *maintained* kernel
@@ -37,6 +41,7 @@ import torch.nn as nn
 from sparseft.compress.quantize.layers import check_targets, default_ignore, set_module, target_linears
 from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
+from sparseft.utils.swaps import add_save_guard
 
 BACKENDS = ("auto", "onednn", "int_mm", "fbgemm")
 
@@ -84,6 +89,7 @@ class DynamicInt8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._packed: torch.Tensor | None = None
         self._packed_key: tuple | None = None
+        add_save_guard(self)  # save_pretrained folders: see sparseft.utils.swaps
 
     @classmethod
     @torch.no_grad()
@@ -158,6 +164,11 @@ class DynamicInt8Linear(nn.Module):
         y = acc.float() * s * self.weight_scale.float()
         return y if self.bias is None else y + self.bias.float()
 
+    def swap_spec(self) -> dict:
+        """Constructor arguments, recorded in config.json by sparseft.utils.swaps.record_swaps_."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "backend": self.backend}
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"
 
@@ -165,8 +176,9 @@ class DynamicInt8Linear(nn.Module):
 @dataclass
 class DynamicInt8Config(BaseConfig):
     """Args:
-        backend: 'auto' (oneDNN where available, else int_mm), 'onednn', 'int_mm' or 'fbgemm'
-            (deprecated torch quantized tensors; opt-in).
+        backend: 'auto' (measured: the fastest of the kernels this CPU and build offer, on the
+            model's own layer shapes; compress/quantize/kernels.py), 'onednn', 'int_mm' or
+            'fbgemm' (deprecated torch quantized tensors; opt-in).
         targets / ignore: which Linear layers.
     """
 
@@ -179,12 +191,35 @@ class DynamicInt8Config(BaseConfig):
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check_targets(self.targets, self.ignore)
 
+    def resolve(self, model: nn.Module, *, hw=None, time_fn=None) -> tuple["DynamicInt8Config", dict | None]:
+        """This config with backend 'auto' replaced by the kernel measured fastest on `model`'s
+        targeted layers, plus the measurement (None when the backend was given)."""
+        if self.backend != "auto":
+            return self, None
+        choice = choose_kernel(model, self.targets, self.ignore, hw=hw, time_fn=time_fn)
+        return self.replace(backend=choice["choice"]), choice
+
+
+def choose_kernel(model: nn.Module, targets: list[str], ignore: list[str], *, hw=None, time_fn=None) -> dict:
+    """Measure the candidate int8 kernels of this CPU on the model's layer shapes (kernels.py)."""
+    from sparseft.compress.quantize.kernels import candidate_kernels, measure_kernels
+    from sparseft.utils.hardware import detect
+
+    hw = hw or detect()
+    candidates = candidate_kernels(hw, onednn=onednn_available(),
+                                   fbgemm="fbgemm" in torch.backends.quantized.supported_engines)
+    choice = measure_kernels(target_linears(model, targets, ignore), candidates, time_fn=time_fn)
+    return {**choice, "hardware_class": hw.hardware_class}
+
 
 @torch.no_grad()
 def quantize_dynamic_(model: nn.Module, cfg: DynamicInt8Config, *, batches=None) -> None:
-    """Swap targeted Linear layers for DynamicInt8Linear (batches unused)."""
+    """Swap targeted Linear layers for DynamicInt8Linear (batches unused); backend 'auto' is
+    measured first (`cfg.resolve`; the quantize stage logs the measurement)."""
+    measured = cfg.backend == "auto"
+    cfg, _ = cfg.resolve(model)
     backend = resolve_backend(cfg.backend)
-    if cfg.backend == "auto" and backend == "int_mm":
+    if measured and not onednn_available():
         warnings.warn("oneDNN int8 linear is unavailable in this torch build; dynamic int8 uses the slower "
                       "torch._int_mm kernel", RuntimeWarning, stacklevel=2)
     for fqn, linear in target_linears(model, cfg.targets, cfg.ignore):

@@ -85,9 +85,15 @@ def quantize_stage(ctx, cfg: QuantizeStageConfig, name: str) -> None:
     if cfg.cost:
         before = measure_cost(ctx.model, seq_len=cfg.seq_len, repeats=cfg.repeats, disk=False)
         ctx.report.log(name, {"before": {k: before[k] for k in ("latency_ms_b1", "throughput_seq_s_b32")}})
+    kernel = None
+    if callable(getattr(qcfg, "resolve", None)):  # measured choices ("auto" int8 kernels), made once here
+        qcfg, kernel = qcfg.resolve(ctx.model)
     quantize_(ctx.model, qcfg, batches=batches)
     save_config(qcfg, cfg.output_dir, "sparseft_quantize.json")
     metrics = {"quantizer": cfg.quantizer, **quantized_summary(ctx.model), **compressed_size(ctx.model)}
+    if kernel:
+        metrics["kernel"] = {"choice": kernel["choice"], "reason": kernel["reason"],
+                             "relative_time": {k: round(v["relative_time"], 3) for k, v in kernel["candidates"].items()}}
     if batches:
         metrics["calib_examples"] = sum(len(b["input_ids"]) for b in batches)
     if cfg.cost:
