@@ -93,7 +93,8 @@ def diff_to_adapter(diff: SparseDiff | str | Path, directory: str | Path, *, ove
         modules_to_save=heads or None, task_type=_TASK_TYPES.get(m.get("task")),
         base_model_name_or_path=m.get("base_model") or None, revision=m.get("base_revision"),
         base_fingerprint=m.get("base_fingerprint"), fingerprint_tensors=m.get("fingerprint_tensors"),
-        base_dtype=base_dtype, shapes={n: list(s) for n, s in diff.shapes.items()}, inference_mode=True)
+        base_dtype=base_dtype, shapes={n: list(s) for n, s in diff.shapes.items()}, labels=m.get("labels"),
+        inference_mode=True)
     with atomic_dir(directory) as tmp:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
@@ -144,6 +145,7 @@ def adapter_to_diff(adapter: str | Path, *, base_model: torch.nn.Module | None =
                 "method": mask_cfg.to_dict() if mask_cfg else None, "mask": config.get("mask"),
                 "task": _TASKS.get(config.get("task_type")), "heads": config.get("modules_to_save") or [],
                 "density": count / targeted if targeted else None, "converted_from": "peft adapter"}
+    labels = labels or config.get("labels")
     if labels:
         manifest["labels"] = labels
     return SparseDiff(indices, values, shapes, base_values, dense, manifest)

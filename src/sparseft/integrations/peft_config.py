@@ -13,8 +13,9 @@ config (`adapter_config.json`, TRL's `peft_config=`).
 
 Fields filled when the adapter is created (and saved in `adapter_config.json`, so a loaded
 adapter knows its base): `base_fingerprint` / `fingerprint_tensors` / `base_dtype` (the same
-sha256 fingerprint a sparse diff's manifest holds) and `shapes` (full shape of every targeted
-weight, for converting an adapter folder to a diff without the base model).
+sha256 fingerprint a sparse diff's manifest holds), `shapes` (full shape of every targeted
+weight, for converting an adapter folder to a diff without the base model) and `labels` (the
+classification head's labels, so `sparseft.load(adapter)` can rebuild the head).
 
 peft only registers methods whose name is a member of its `PeftType` enum; a third-party method
 has no other way in, so `ensure_peft_type()` adds the member `SPARSEFT` (idempotent, the only
@@ -89,6 +90,7 @@ class SparseFTConfig(PeftConfig):
     fingerprint_tensors: Optional[list[str]] = field(default=None, metadata={"help": "filled: hashed tensors"})
     base_dtype: Optional[str] = field(default=None, metadata={"help": "filled: dtype of the hashed base"})
     shapes: Optional[dict] = field(default=None, metadata={"help": "filled: shape of each targeted weight"})
+    labels: Optional[list[str]] = field(default=None, metadata={"help": "filled: head labels (SEQ_CLS/TOKEN_CLS)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

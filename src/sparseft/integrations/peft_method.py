@@ -71,6 +71,9 @@ class SparseFTModel(BaseTuner):
         config.base_fingerprint = fingerprint_tensors(weights, config.fingerprint_tensors)
         config.base_dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
         config.shapes = {name: list(w.shape) for name, w in weights.items()}
+        id2label = getattr(getattr(model, "config", None), "id2label", None)
+        if config.task_type in ("SEQ_CLS", "TOKEN_CLS") and id2label and config.labels is None:
+            config.labels = [id2label[i] for i in sorted(id2label)]
         if not config.inference_mode and not config.mask_config().batches_needed():
             select_sparseft_masks_(model, adapter_name=adapter_name, config=config)
 

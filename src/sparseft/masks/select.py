@@ -96,6 +96,10 @@ def select_masks(model: nn.Module, cfg: MaskConfig, *, batches: Iterable[dict] |
 
     Returns:
         {param fqn: bool tensor of the parameter's shape}, exactly the budget's count of True.
+
+    Example:
+        >>> masks = select_masks(model, MagnitudeMaskConfig(density=0.01))           # doctest: +SKIP
+        >>> masks = select_masks(model, FisherMaskConfig(n_batches=8), batches=batches)  # doctest: +SKIP
     """
     method = REGISTRY.for_config(cfg)
     if method.kind != "mask":

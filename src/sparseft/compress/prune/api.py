@@ -4,7 +4,7 @@ Each pruning method registers (kind "prune") a config dataclass and an apply fun
 `apply(model, config, *, batches)`; `prune_` looks the method up from the config's type, so a
 new method needs no change here (torchao's `quantize_` pattern).
 
-    >>> prune_(model, MagnitudeConfig(sparsity=0.5))                       # doctest: +SKIP
+    >>> prune_(model, MagnitudePruneConfig(sparsity=0.5))                  # doctest: +SKIP
     >>> prune_(model, WandaConfig(sparsity=0.5, pattern="2:4"), batches=calib)  # doctest: +SKIP
 
 `batches` are calibration batches: dicts of tensors as a `PadCollator` makes them
@@ -32,8 +32,12 @@ def prune_(model: torch.nn.Module, config, *, batches: Iterable[dict] | None = N
 
     Args:
         model: a transformers model (or any module whose targeted weights are 2-D Linear weights).
-        config: a registered pruning config (MagnitudeConfig, WandaConfig, StructuredConfig ...).
+        config: a registered pruning config (MagnitudePruneConfig, WandaConfig, StructuredPruneConfig ...).
         batches: calibration batches, required by data-driven methods (see `needs_batches`).
+
+    Example:
+        >>> prune_(model, MagnitudePruneConfig(sparsity=0.5))                        # doctest: +SKIP
+        >>> prune_(model, WandaConfig(sparsity=0.5, pattern="2:4"), batches=calib)   # doctest: +SKIP
     """
     method = REGISTRY.for_config(config)
     if method.kind != "prune":

@@ -1,0 +1,166 @@
+"""`load` and `export`: the two top-level verbs that dispatch on what they are given.
+
+    model = sparseft.load("minilm", task="ner", labels=["O", "B-PER", "I-PER"])
+    model = sparseft.load("runs/sft/diff")              # a diff folder: its base + the diff applied
+    model = sparseft.load("runs/sft/adapter")           # a sparse peft adapter: base + merged adapter
+    sparseft.export(model, "out/model")                 # save_pretrained folder (+ model card)
+    sparseft.export(model, "out/small", format="compressed")
+
+`load` reads, in this order: a sparseft peft adapter folder (adapter_config.json with peft_type
+SPARSEFT), a sparse diff folder (manifest.json), a compressed checkpoint (compression_config.json),
+and otherwise anything `sparseft.load.model.load_model` takes (alias, save_pretrained folder,
+.gguf file, hub id), with the task read from the saved architecture when not given.
+
+`export` looks its format up in `EXPORT_FORMATS` ({name: "module:function"}), each function
+taking `(model, directory, *, tokenizer=None, **options)`; a new format is one line there.
+
+This module sits at the top of the layers (it reaches load, export and integrations); the
+packages `sparseft.load` and `sparseft.export` are themselves callable and forward to these two
+functions (see sparseft/__init__.py), so `from sparseft import load, export` gives verbs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+# format name -> "module:function" with signature (model, directory, *, tokenizer=None, **options)
+EXPORT_FORMATS = {
+    "pretrained": "sparseft.api:save_pretrained",           # plain transformers folder + configs + card
+    "compressed": "sparseft.export.compressed:export_compressed",  # bitmask sparse + packed quantized
+    "gguf": "sparseft.api:save_gguf",                        # llama.cpp file (Llama-family decoders)
+}
+_TASK_TYPES = {"TOKEN_CLS": "ner", "SEQ_CLS": "cls", "CAUSAL_LM": "lm"}
+
+
+def infer_task(name: str) -> str:
+    """'ner' / 'cls' / 'lm' from a saved model's architecture (GGUF files are 'lm')."""
+    from sparseft.load.model import resolve_model
+
+    src = resolve_model(name)
+    if src.gguf_file:
+        return "lm"
+    cfg_path = Path(src.path) / "config.json"
+    archs = (json.loads(cfg_path.read_text()).get("architectures") or []) if cfg_path.exists() else []
+    for arch in archs:
+        for suffix, task in (("ForTokenClassification", "ner"), ("ForSequenceClassification", "cls"),
+                             ("ForCausalLM", "lm")):
+            if arch.endswith(suffix):
+                return task
+    raise ValueError(f"cannot tell the task of {name} (architectures {archs}); pass task='ner', 'cls' or 'lm'")
+
+
+def load(name: str, task: str | None = None, *, labels: Sequence[str] | None = None, dtype=None,
+         diff: str | None = None, trust_remote_code: bool = False):
+    """Load a model, a sparse diff (applied to its base), a sparse adapter or a compressed folder.
+
+    Args:
+        name: alias ('minilm', 'smollm2'), folder, .gguf file or hub id; or a sparse diff folder,
+            a sparseft peft adapter folder or a compressed checkpoint folder (see module docstring).
+        task: 'ner', 'cls' or 'lm' (default: from the saved architecture / the diff's manifest).
+        labels: label strings for a new classification head.
+        dtype: torch dtype (default float32).
+        diff: a diff folder (or hub id) to apply to the loaded model (`apply_diff_`).
+
+    Example:
+        >>> model = load("minilm", task="ner", labels=["O", "B-PER", "I-PER"])   # doctest: +SKIP
+        >>> tuned = load("runs/sft/diff")                                         # doctest: +SKIP
+    """
+    path = Path(name)
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        return _load_adapter(path, task, dtype)
+    if path.is_dir() and (path / "manifest.json").exists():
+        return _load_diff(path, task, labels, dtype)
+    if path.is_dir() and (path / "compression_config.json").exists():
+        from sparseft.export.compressed import load_compressed
+
+        return load_compressed(path)
+    from sparseft.load.model import load_model
+
+    model = load_model(name, task or infer_task(name), labels=labels, dtype=dtype,
+                       trust_remote_code=trust_remote_code)
+    if diff is not None:
+        from sparseft.export.sparse_diff import apply_diff_, load_diff
+
+        apply_diff_(model, load_diff(diff))
+    return model
+
+
+def _load_diff(path: Path, task, labels, dtype):
+    from sparseft.export.sparse_diff import apply_diff_, load_diff
+
+    diff = load_diff(path)
+    base = diff.manifest.get("base_model")
+    if not base:
+        raise ValueError(f"{path}/manifest.json names no base model; load the base and apply_diff_ yourself")
+    task = task or diff.manifest.get("task") or "lm"
+    model = load(base, task, labels=labels or diff.manifest.get("labels"), dtype=dtype)
+    apply_diff_(model, diff)
+    return model
+
+
+def _load_adapter(path: Path, task, dtype):
+    config = json.loads((path / "adapter_config.json").read_text())
+    if config.get("peft_type") != "SPARSEFT":
+        raise ValueError(f"{path} is a peft {config.get('peft_type')} adapter; load it with peft "
+                         f"(sparseft.load reads sparseft's own adapters)")
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
+    from peft import PeftModel
+
+    import sparseft.integrations  # noqa: F401  registers the peft method
+
+    task = task or _TASK_TYPES.get(config.get("task_type")) or infer_task(base)
+    labels = config.get("labels") if task in ("ner", "cls") else None  # recorded by SparseFTConfig
+    return PeftModel.from_pretrained(load(base, task, labels=labels, dtype=dtype), str(path)).merge_and_unload()
+
+
+def export(model, directory: str | Path, format: str = "pretrained", *, tokenizer=None, **options) -> Any:
+    """Write `model` to `directory` in `format` (one of EXPORT_FORMATS); returns the exporter's result.
+
+    Args:
+        model: a transformers model (dense, pruned, quantized or merged).
+        directory: the target folder (for 'gguf', the .gguf file path).
+        format: 'pretrained' (save_pretrained + configs + model card), 'compressed', 'gguf', ...
+        tokenizer: saved alongside when given.
+        options: passed to the exporter (e.g. sparse='always' for 'compressed', qtype='q8_0' for 'gguf').
+
+    Example:
+        >>> export(model, "out/model")                                  # doctest: +SKIP
+        >>> export(model, "out/small", format="compressed", tokenizer=tok)  # doctest: +SKIP
+    """
+    target = EXPORT_FORMATS.get(format)
+    if target is None:
+        raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(sorted(EXPORT_FORMATS))}")
+    module, _, fn = target.partition(":")
+    return getattr(importlib.import_module(module), fn)(model, directory, tokenizer=tokenizer, **options)
+
+
+def save_pretrained(model, directory: str | Path, *, tokenizer=None, metrics: dict | None = None, **options) -> Path:
+    """`save_artifact` (model + tokenizer + configs) plus a README.md model card."""
+    from sparseft.export.model_card import python_snippet, write_model_card
+    from sparseft.export.save import save_artifact
+
+    out = save_artifact(model, tokenizer, directory, **options)
+    config = getattr(model, "config", None)
+    arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
+    auto = next((a for s, a in (("ForTokenClassification", "AutoModelForTokenClassification"),
+                                ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+                                ("ForCausalLM", "AutoModelForCausalLM")) if arch.endswith(s)), "AutoModel")
+    task = {"AutoModelForTokenClassification": "ner", "AutoModelForSequenceClassification": "cls",
+            "AutoModelForCausalLM": "lm"}.get(auto)
+    write_model_card(out, kind="dense", library_name="transformers", task=task, metrics=metrics,
+                     base_model=getattr(config, "_name_or_path", None) or None,
+                     how_to_load=python_snippet(f"from transformers import {auto}\n"
+                                                f"model = {auto}.from_pretrained({str(out)!r})"))
+    return out
+
+
+def save_gguf(model, path: str | Path, *, tokenizer=None, **options) -> dict:
+    """`sparseft.export.gguf.export_gguf` (qtype='f16' by default; 'q8_0', 'q4_0', ...)."""
+    from sparseft.export.gguf import export_gguf
+
+    return export_gguf(model, path, tokenizer=tokenizer, **options)
