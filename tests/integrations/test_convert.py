@@ -103,3 +103,17 @@ def test_a_lora_adapter_is_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     with pytest.raises(ValueError, match="not a sparseft adapter"):
         adapter_to_diff(tmp_path)
+
+
+def test_sparseft_load_reads_diff_and_adapter_folders(trained, tiny_bert_dir, tmp_path):
+    import sparseft
+
+    data, diff, root = trained
+    want = ner_model(tiny_bert_dir, data.labels, seed=3)
+    apply_diff_(want, diff)
+    from_diff = sparseft.load(str(root / "diff"))            # base named in the manifest + the diff
+    from_adapter = sparseft.load(str(diff_to_adapter(diff, tmp_path / "adapter")))  # base + merged adapter
+    for got in (from_diff, from_adapter):
+        assert got.config.id2label == want.config.id2label
+        for (n, p), (_, q) in zip(want.named_parameters(), got.named_parameters()):
+            assert torch.equal(p, q), n

@@ -171,3 +171,16 @@ def test_bad_config_fields_fail_where_they_enter():
         SparseFTConfig(mask="nope")
     with pytest.raises(ValueError, match="unknown field"):
         SparseFTConfig(mask="fisher", mask_options={"n_batchez": 3})
+
+
+def test_a_reused_config_selects_again_and_a_bf16_base_loads_with_a_warning(tiny_bert_dir, tmp_path):
+    cfg = SparseFTConfig(density=0.05, task_type="TOKEN_CLS")
+    first = get_peft_model(base(tiny_bert_dir), cfg)
+    again = get_peft_model(base(tiny_bert_dir), cfg)  # fingerprint already filled: checked, then selected
+    assert all(layer.sparseft_values["default"].numel() == first_layer.sparseft_values["default"].numel()
+               for layer, first_layer in zip(sparseft_layers(again).values(), sparseft_layers(first).values()))
+    assert sum(layer.sparseft_values["default"].numel() for layer in sparseft_layers(again).values()) > 0
+    first.save_pretrained(tmp_path / "ad")
+    with pytest.warns(UserWarning, match="cannot be checked"):
+        loaded = PeftModel.from_pretrained(base(tiny_bert_dir).to(torch.bfloat16), tmp_path / "ad")
+    assert next(iter(sparseft_layers(loaded).values())).sparseft_values["default"].numel() > 0

@@ -64,16 +64,17 @@ class SparseFTModel(BaseTuner):
         if not layers:
             raise ValueError("SparseFTConfig: target_modules matched no module with a 2-D weight")
         weights = {name: layer.get_base_layer().weight for name, layer in layers.items()}
-        if config.base_fingerprint:  # a saved adapter being loaded: is this its base?
+        if config.base_fingerprint:  # a saved adapter being loaded (or a reused config): is this its base?
             check_adapter_base(plain_parameters(model), config)
-            return
-        config.fingerprint_tensors = sorted(weights)
-        config.base_fingerprint = fingerprint_tensors(weights, config.fingerprint_tensors)
-        config.base_dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
-        config.shapes = {name: list(w.shape) for name, w in weights.items()}
-        id2label = getattr(getattr(model, "config", None), "id2label", None)
-        if config.task_type in ("SEQ_CLS", "TOKEN_CLS") and id2label and config.labels is None:
-            config.labels = [id2label[i] for i in sorted(id2label)]
+        else:
+            config.fingerprint_tensors = sorted(weights)
+            config.base_fingerprint = fingerprint_tensors(weights, config.fingerprint_tensors)
+            config.base_dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+            config.shapes = {name: list(w.shape) for name, w in weights.items()}
+            id2label = getattr(getattr(model, "config", None), "id2label", None)
+            if config.task_type in ("SEQ_CLS", "TOKEN_CLS") and id2label and config.labels is None:
+                config.labels = [id2label[i] for i in sorted(id2label)]
+        # (when loading a trainable adapter, the saved indices then replace this selection)
         if not config.inference_mode and not config.mask_config().batches_needed():
             select_sparseft_masks_(model, adapter_name=adapter_name, config=config)
 
