@@ -99,6 +99,7 @@ class ChatData:
     train_convs: list[list[dict]] = field(default_factory=list)
     eval_convs: list[list[dict]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # {"train", "eval"}: paths read (resume identity)
 
 
 def _portion(convs: list, cfg: ChatDataConfig) -> list:
@@ -143,7 +144,8 @@ def build_chat_data(cfg: ChatDataConfig, tokenizer) -> ChatData:
              "eval_response_tokens": sum(sum(x != -100 for x in f["labels"]) for f in evals),
              "truncated": sum(f["truncated"] for f in train + evals),
              "response_cut": sum(f["response_cut"] for f in train + evals)}
-    return ChatData(fmt, template, train, evals, cfg.max_seq_len, train_convs, eval_convs, stats)
+    return ChatData(fmt, template, train, evals, cfg.max_seq_len, train_convs, eval_convs, stats,
+                    files={"train": cfg.train, "eval": cfg.eval})
 
 
 def chat_data_stage(ctx, cfg: ChatDataConfig, name: str) -> None:

@@ -72,7 +72,8 @@ def mask_config(method: str, density: float, options: dict | None = None) -> Any
     return cls(density=density, **(options or {}))
 
 
-def run_sparse(model, train_data, train_cfg, mask_cfg, *, collate_fn, eval_fn, loss_fn, base_id: str):
+def run_sparse(model, train_data, train_cfg, mask_cfg, *, collate_fn, eval_fn, loss_fn, base_id: str,
+               inputs: dict | None = None):
     """Sparse fine-tuning through the engine; returns (TrainResult, SparseDiff)."""
     try:
         from sparseft.sft import sparse_finetune
@@ -80,7 +81,7 @@ def run_sparse(model, train_data, train_cfg, mask_cfg, *, collate_fn, eval_fn, l
         raise ValueError(f"mode 'sparse' needs the sparse fine-tuning engine (sparseft.sft), which "
                          f"could not be imported: {exc}") from None
     return sparse_finetune(model, train_data, train_cfg, mask_cfg, collate_fn=collate_fn, eval_fn=eval_fn,
-                           metric=("loss", False), loss_fn=loss_fn, base_id=base_id)
+                           metric=("loss", False), loss_fn=loss_fn, base_id=base_id, inputs=inputs)
 
 
 def trainable_count(model: torch.nn.Module) -> int:

@@ -39,6 +39,7 @@ from sparseft.chat.packing import ChatCollator, pack_features, packing_stats
 from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
 from sparseft.train.config import TrainConfig
+from sparseft.train.identity import recipe_inputs
 from sparseft.train.loop import train
 from sparseft.utils.io import atomic_dir, atomic_write_text
 
@@ -149,7 +150,8 @@ def chat_sft_stage(ctx, cfg: ChatSFTConfig, name: str) -> None:
     if chat.eval and cfg.train.eval_every != "never":
         def eval_fn(m):
             return response_loss(m, chat.eval, pad_id=ctx.pad_id, batch_size=cfg.train.eval_batch_size)
-    kw = {"collate_fn": ChatCollator(ctx.pad_id), "eval_fn": eval_fn, "loss_fn": ResponseLoss()}
+    kw = {"collate_fn": ChatCollator(ctx.pad_id), "eval_fn": eval_fn, "loss_fn": ResponseLoss(),
+          "inputs": recipe_inputs(ctx.recipe, cfg, files=chat.files)}  # resume identity
     model = ctx.model
     if cfg.gradient_checkpointing:
         model.config.use_cache = False

@@ -8,7 +8,10 @@ Steps, top to bottom:
   1. masks: `select_masks` on batches of the training data (first batches of the loop's
      epoch-0 order), or, when resuming a run that has a checkpoint, the masks saved with it
      (`<output_dir>/sft_masks.safetensors`), so a resumed lottery run does not redo its dense
-     phase. With several processes, rank 0's masks are broadcast.
+     phase. Before reusing them, the checkpoint's run identity must match this call's data and
+     config (train/identity.py; the loop then checks the model too): a second call on other
+     data into the same output_dir is an error, not a resume. With several processes, rank 0's
+     masks are broadcast.
   2. freeze everything; new task heads (`heads`, default classifier/score/qa_outputs) stay
      densely trainable; targeted weights become `SparseDelta` wrappers (values [k] + indices).
   3. train with the foundation loop (`sparseft.train.loop.train`): its optimizer only sees the
@@ -42,8 +45,10 @@ from sparseft.masks.select import select_masks
 from sparseft.registry import REGISTRY
 from sparseft.sft.layer import SparseDelta, merge_sparse_, sparsify_
 from sparseft.sft.regrow import RegrowHook, track_optimizer
-from sparseft.train.checkpoint import has_checkpoint
+from sparseft.train.checkpoint import (CheckpointError, checkpoint_dir, has_checkpoint, prepare_run_dir,
+                                       read_checkpoint_state)
 from sparseft.train.config import TrainConfig
+from sparseft.train.identity import build_identity, check_resume
 from sparseft.train.loop import EvalFn, LossFn, TrainResult, default_loss, epoch_batches, train
 
 MASKS_FILE = "sft_masks.safetensors"
@@ -52,7 +57,8 @@ MASKS_FILE = "sft_masks.safetensors"
 def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cfg: TrainConfig,
                     mask_cfg: MaskConfig, *, collate_fn, eval_fn: EvalFn | None = None,
                     metric: tuple[str, bool] = ("loss", False), loss_fn: LossFn | None = None,
-                    base_id: str = "", heads: Sequence[str] | None = None) -> tuple[TrainResult, SparseDiff]:
+                    base_id: str = "", heads: Sequence[str] | None = None,
+                    inputs: dict | None = None) -> tuple[TrainResult, SparseDiff]:
     """Sparse fine-tuning of `model` in place; returns (TrainResult, SparseDiff).
 
     Args:
@@ -64,15 +70,31 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         base_id: base model name for the diff's manifest (default: config._name_or_path).
         heads: module patterns trained densely and stored densely in the diff (default:
             classifier, score, qa_outputs); they are also excluded from the sparse targets.
+
+    Example:
+        >>> result, diff = sparse_finetune(model, data.train, TrainConfig(output_dir="runs/sft"),
+        ...                                MagnitudeMaskConfig(density=0.01), collate_fn=PadCollator(0))  # doctest: +SKIP
+        inputs: model id, data files and full stage config for the run identity (see
+            `sparseft.train.identity.run_inputs`); the mask config and heads are added here.
     """
     loss_fn = loss_fn or default_loss
     heads = list(DEFAULT_HEADS if heads is None else heads)
     mask_cfg = mask_cfg.replace(ignore=list(dict.fromkeys([*mask_cfg.ignore, *heads])))
     out = Path(train_cfg.output_dir)
     head_params = dense_head_parameters(model, heads)
+    inputs = dict(inputs or {})
+    inputs["config"] = {**inputs.get("config", {}), "mask": mask_cfg.to_dict(), "heads": heads}
+    inputs.setdefault("model_id", base_id)
 
     # 1. masks ----------------------------------------------------------------------------------
-    masks = _resume_masks(out, mask_cfg) if train_cfg.resume and has_checkpoint(out) else None
+    if int(os.environ.get("RANK", "0")) == 0:
+        prepare_run_dir(out)  # leftovers of killed saves; a checkpoint caught mid-swap is put back
+    resuming = train_cfg.resume and has_checkpoint(out)
+    if resuming:  # same data and config, or ResumeMismatch before any mask is reused
+        saved = read_checkpoint_state(out)
+        check_resume(saved.get("identity"), build_identity(None, train_data, train_cfg.to_dict(), inputs),
+                     checkpoint_dir(out))
+    masks = _resume_masks(out, mask_cfg) if resuming else None
     if masks is None:
         batches = selection_batches(train_data, train_cfg, collate_fn, mask_cfg.batches_needed())
         if batches:
@@ -94,19 +116,23 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
     # 3. train: the optimizer sees only the value vectors and the heads ------------------------
     hooks = ([RegrowHook(layers, mask_cfg, stop_at=planned_steps(train_data, train_cfg))]
              if isinstance(mask_cfg, RegrowMaskConfig) else [])
+    for hook in hooks if resuming else ():
+        hook.resume_at(int(saved.get("loop", {}).get("step", 0)))  # the window open at the checkpoint
     groups = sparse_param_groups(layers, head_params, train_cfg.weight_decay)
     try:
         with track_optimizer([layer.values for layer in layers.values()]) as ref:
             for hook in hooks:
                 hook.optimizer_ref = ref
             result = train(model, train_data, train_cfg, collate_fn=collate_fn, eval_fn=eval_fn,
-                           metric=metric, loss_fn=loss_fn, post_step=hooks, param_groups=groups)
+                           metric=metric, loss_fn=loss_fn, post_step=hooks, param_groups=groups,
+                           inputs=inputs)
     except BaseException:
         merge_sparse_(model, merge=False)  # leave the plain base model behind, not wrappers
         raise
 
     # 4. diff, then merge -------------------------------------------------------------------------
     manifest = {"base_model": base_id or getattr(getattr(model, "config", None), "_name_or_path", ""),
+                "base_revision": getattr(getattr(model, "config", None), "_commit_hash", None),  # hub commit
                 "base_fingerprint": base_fp, "fingerprint_tensors": sorted(masks),
                 "method": mask_cfg.to_dict(), "mask": REGISTRY.for_config(mask_cfg).name,
                 "train": train_cfg.to_dict(), "targeted_params": n_targeted, "heads": heads,
@@ -212,13 +238,19 @@ def _resume_masks(out: Path, cfg: MaskConfig) -> Masks | None:
         return None
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    if json.loads(meta["config"]) != json.loads(cfg.to_json()):
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        saved = load_file(str(path))
+        saved_cfg, shapes = json.loads(meta["config"]), json.loads(meta["shapes"])
+    except Exception as exc:  # truncated / corrupt file, or metadata that is not ours
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path}: cannot read the saved masks ({reason}); delete it or start "
+                              f"afresh (resume=false / --no-resume)") from None
+    if saved_cfg != json.loads(cfg.to_json()):
         raise ValueError(f"{path} was selected with another mask config; resume with the same "
                          f"config, or start afresh (resume=false / --no-resume)")
-    shapes = json.loads(meta["shapes"])  # in model order: the optimizer state is matched by position
-    saved = load_file(str(path))
+    # shapes are in model order: the optimizer state is matched by position
     masks = {}
     for name, shape in shapes.items():
         m = torch.zeros(torch.Size(shape).numel(), dtype=torch.bool)

@@ -91,6 +91,15 @@ class RegrowHook:
             self.history.append({"step": step, "replaced": self.update()})
         self._set_window(step)
 
+    def resume_at(self, step: int) -> None:
+        """Continue after a checkpoint taken at `step`: open the gradient window the hook had
+        opened there (gradients it had accumulated before the checkpoint are not saved: a window
+        of G > 1 steps cut by the checkpoint is only partly seen, see the module docstring)."""
+        if self.stop_at is not None and step + self.cfg.grad_window >= self.stop_at:
+            self._set_window(-1)
+        else:
+            self._set_window(step)
+
     def _set_window(self, step: int) -> None:
         """Accumulate gradients while computing step+1 iff it is among the last G of its period."""
         on = step >= 0 and step % self.cfg.every >= self.cfg.every - self.cfg.grad_window

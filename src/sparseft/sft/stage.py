@@ -31,6 +31,7 @@ from sparseft.masks.select import mask_config
 from sparseft.registry import register_method
 from sparseft.sft.api import sparse_finetune
 from sparseft.train.config import TrainConfig, best_metric_for
+from sparseft.train.identity import recipe_inputs
 from sparseft.utils.io import dir_size_bytes
 
 
@@ -86,7 +87,7 @@ def sft_stage(ctx, cfg: SFTConfig, name: str) -> None:
     result, diff = sparse_finetune(
         ctx.model, data.train, train_cfg, cfg.mask_config(), collate_fn=PadCollator(ctx.pad_id),
         eval_fn=eval_fn if data.eval else None, metric=best_metric_for(data.task, cfg.metric_for_best),
-        base_id=ctx.recipe.model, heads=cfg.heads)
+        base_id=ctx.recipe.model, heads=cfg.heads, inputs=recipe_inputs(ctx.recipe, cfg))
     diff.manifest.update({"task": data.task, "labels": data.labels or None, "data": ctx.recipe.data.to_dict()})
     diff_dir = Path(cfg.diff_dir or ctx.output_dir / "diff")
     save_diff(diff, diff_dir)
@@ -99,7 +100,7 @@ def sft_stage(ctx, cfg: SFTConfig, name: str) -> None:
         "steps": result.steps, "train_seconds": result.train_seconds,
         "seconds_per_step": result.seconds_per_step, "tokens_per_second": result.tokens_per_second,
         "peak_memory_mb": result.peak_memory_mb, f"best_{result.metric_name}": result.best_metric,
-        "best_step": result.best_step})
+        "best_step": result.best_step, "resumed_from_step": result.resumed_from_step})
 
 
 register_method(kind="stage", name="sft", config_cls=SFTConfig, apply_fn=sft_stage,

@@ -1,14 +1,30 @@
 """Atomic file and folder writing: write to a temporary sibling, then rename.
 
-A killed process therefore leaves either the old file or the new one, never a half-written one.
+A killed process therefore leaves either the old file or folder or the new one, never a
+half-written one under the final name. Details:
+
+* Temporary siblings are named `.<name>.<8 hex>.tmp` and created with mode 0666 / 0777 minus
+  the umask (`os.open(O_EXCL)` / `os.mkdir`), so results get the same permissions as any other
+  file the process writes (mkstemp / mkdtemp would give 0600 / 0700).
+* A folder replaces an existing one with one atomic `renameat2(RENAME_EXCHANGE)` on Linux (the
+  old content ends up under the temporary name and is then deleted). Where the kernel, libc or
+  file system lacks it, the swap is two renames (old -> `.<name>.old`, new -> name);
+  `clean_stale(path)` puts `.<name>.old` back if a crash came between the two.
+* `clean_stale(path)` removes leftovers of killed writes (only names matching the patterns
+  above, never other files): call it when a run starts.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +37,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, fd = _temp_sibling(path, directory=False)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -29,7 +45,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -45,13 +61,13 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, fd = _temp_sibling(path, directory=False)
     os.close(fd)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -59,16 +75,17 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `path` (the old folder is removed).
 
-    The swap is two renames (old -> trash, new -> path), so a crash in between leaves the new
-    folder under its temporary name and the old one in the trash, never a half-written `path`.
+    See the module docstring: an atomic exchange where the OS has one, else two renames.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp, _ = _temp_sibling(path, directory=True)
     try:
         yield tmp
-        if path.exists():
-            trash = path.with_name(f".{path.name}.old")
+        if path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+        elif path.exists():
+            trash = _trash_name(path)
             shutil.rmtree(trash, ignore_errors=True)
             os.replace(path, trash)
             os.replace(tmp, path)
@@ -80,8 +97,101 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def clean_stale(path: str | Path) -> list[Path]:
+    """Remove what killed atomic writes of `path` left beside it; returns the removed paths.
+
+    Only `.<name>.<8 chars>.tmp` siblings (this module's and mkstemp's old names) and
+    `.<name>.old` are touched. If `path` is missing but `.<name>.old` exists (a crash between
+    the two renames of the fallback swap), the old folder is renamed back instead of removed.
+    Call it only when no other process is writing `path`.
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp$")
+    removed = []
+    for entry in parent.iterdir():
+        if pattern.match(entry.name):
+            _remove(entry)
+            removed.append(entry)
+    trash = _trash_name(path)
+    if trash.exists() or trash.is_symlink():
+        if not path.exists() and trash.is_dir():
+            os.replace(trash, path)
+        else:
+            _remove(trash)
+            removed.append(trash)
+    return removed
+
+
+def clean_stale_in(folder: str | Path) -> list[Path]:
+    """`clean_stale` for every entry of `folder` that has leftovers (same name patterns only)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(r"^\.(.+?)\.(?:[a-z0-9_]{8}\.tmp|old)$")
+    names = {m.group(1) for e in folder.iterdir() if (m := pattern.match(e.name))}
+    return [p for name in sorted(names) for p in clean_stale(folder / name)]
+
+
 def dir_size_bytes(path: str | Path) -> int:
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def _temp_sibling(path: Path, *, directory: bool) -> tuple[Path, int | None]:
+    """Create `.<name>.<8 hex>.tmp` next to `path`: a folder (mode 0777 & ~umask) or a file
+    (0666 & ~umask, returned with its open descriptor)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+                return tmp, None
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary name next to {path}")
+
+
+def _trash_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # libc without renameat2 (glibc < 2.28, musl < 1.2.?)
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # file system or kernel without RENAME_EXCHANGE: use the two-rename swap
+    raise OSError(err, os.strerror(err), str(b))

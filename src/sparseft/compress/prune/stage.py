@@ -40,6 +40,7 @@ from sparseft.compress.prune.schedule import (CubicSchedule, FixedScorer, Gradua
 from sparseft.config.base import BaseConfig, save_config
 from sparseft.registry import REGISTRY, register_method
 from sparseft.train.config import TrainConfig
+from sparseft.train.identity import recipe_inputs
 from sparseft.utils.io import atomic_write_json
 
 GRADUAL_PRUNERS = ("magnitude", "movement", "random")
@@ -311,7 +312,8 @@ def prune_finetune_stage(ctx, cfg: PruneFinetuneConfig, name: str) -> None:
 
     loss_fn = make_distill_loss(teacher, cfg.distill_config()) if teacher is not None else default_loss
     result = train(model, data.train, train_cfg, collate_fn=PadCollator(ctx.pad_id),
-                   eval_fn=eval_fn if data.eval else None, metric=select, loss_fn=loss_fn, post_step=post_step)
+                   eval_fn=eval_fn if data.eval else None, metric=select, loss_fn=loss_fn, post_step=post_step,
+                   inputs=recipe_inputs(ctx.recipe, cfg))
     if pruner is not None:
         if pruner.current < cfg.final_sparsity - 1e-9:    # training stopped before the ramp ended
             pruner.prune_now(model, pruner.schedule.end)
