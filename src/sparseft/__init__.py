@@ -69,6 +69,7 @@ _PUBLIC = {
     "KMeansConfig": "sparseft.compress.quantize.kmeans:KMeansConfig",
     "GPTQConfig": "sparseft.compress.quantize.gptq:GPTQConfig",
     "DynamicInt8Config": "sparseft.compress.quantize.dynamic:DynamicInt8Config",
+    "factorize_": "sparseft.compress.factorize.api:factorize_",   # configs: sparseft.compress.factorize
     # evaluation and recipes
     "evaluate": "sparseft.eval.evaluate:evaluate",
     "Recipe": "sparseft.config.recipe:Recipe",

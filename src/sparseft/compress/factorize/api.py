@@ -168,5 +168,9 @@ def factorize_(model: nn.Module, config, *, batches: Iterable[dict] | None = Non
         model: a transformers model (or any module with nn.Linear layers).
         config: SVDConfig, ASVDConfig, WhitenedSVDConfig or FisherSVDConfig (rank by ratio / energy / ranks).
         batches: calibration batches (asvd, whiten_svd), with labels for fisher_svd.
+
+    Example:
+        >>> from sparseft.compress.factorize import WhitenedSVDConfig
+        >>> factorize_(model, WhitenedSVDConfig(ratio=0.2), batches=calib)   # doctest: +SKIP
     """
     apply_plan_(model, plan_factorization(model, config, batches=batches, progress=progress), progress=progress)

@@ -129,11 +129,16 @@ def load_factorized(directory: str | Path, *, dtype: torch.dtype | None = None, 
     arch = getattr(transformers, archs[0], None) if archs else None
     if not (isinstance(arch, type) and issubclass(arch, transformers.PreTrainedModel)):
         raise ValueError(f"{path}: architectures {archs} does not name a transformers model class")
+    quant = getattr(config, "quantization_config", None)   # quantized factors (utils/swaps.py records them)
+    if quant is not None:
+        del config.quantization_config
     model = arch._from_config(config, dtype=dtype or torch.float32)
     install_shells_(model, layers, str(path))
     state = {}
     for f in _weight_files(directory):
         state.update(load_tensors(f))
+    if quant is not None:
+        _install_swapped_(model, quant, state, path)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:   # shape mismatch
@@ -144,7 +149,30 @@ def load_factorized(directory: str | Path, *, dtype: torch.dtype | None = None, 
         raise ValueError(f"{directory}: missing tensors {missing[:5]} / unexpected tensors "
                          f"{sorted(result.unexpected_keys)[:5]} for {arch.__name__} with the recorded ranks")
     model.tie_weights()
+    if quant is not None:
+        from sparseft.utils.swaps import record_swaps_
+
+        record_swaps_(model)      # config.json of a re-save describes the quantized factors again
     return model.eval()
+
+
+def _install_swapped_(model: nn.Module, quant, state: dict, path: Path) -> None:
+    """Empty quantized modules (e.g. int8 factors) where config.json's sparseft quantization_config
+    lists them, shaped as stored; the strict state-dict load then fills them."""
+    from sparseft.export.hf_quantizer import build_module   # lazy: the one builder of swapped modules
+    from sparseft.utils.swaps import is_sparseft_quant_config
+
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
+    if not is_sparseft_quant_config(quant) or quant.get("layout", "modules") != "modules":
+        raise ValueError(f"{path}: a factorized model with a {quant.get('quant_method')!r} / "
+                         f"{quant.get('layout')!r} quantization_config cannot be loaded")
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+    for fqn, spec in quant.get("modules", {}).items():
+        try:
+            current = model.get_submodule(fqn)
+        except AttributeError:
+            raise ValueError(f"{path}: quantized module {fqn!r} does not exist in the factorized model") from None
+        set_module(model, fqn, build_module(fqn, spec, current, shapes))
 
 
 def _is_tied(model: nn.Module, key: str, state: dict) -> bool:
