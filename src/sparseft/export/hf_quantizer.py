@@ -98,8 +98,7 @@ def build_module(fqn: str, spec: dict, current: nn.Module, shapes: dict) -> nn.M
         return DynamicInt8Linear(spec["in_features"], spec["out_features"], bias=spec["bias"],
                                  backend=spec.get("backend", "auto"))
     if kind not in ("QuantLinear", "QuantEmbedding"):
-        raise ValueError(f"sparseft checkpoint: module {fqn!r} has unknown type {kind!r} "
-                         f"(written by a newer sparseft?)")
+        return _build_by_protocol(fqn, spec, current, shapes)
     cls = QuantLinear if kind == "QuantLinear" else QuantEmbedding
     tensors = {}
     for name in ("qweight", "scale", "zero", "codebook", "outlier_index", "outlier_value", "bias"):
@@ -107,6 +106,27 @@ def build_module(fqn: str, spec: dict, current: nn.Module, shapes: dict) -> nn.M
         if t is not None:
             tensors[name] = t
     return cls.empty_like_spec(spec, tensors)
+
+
+def _build_by_protocol(fqn: str, spec: dict, current: nn.Module, shapes: dict) -> nn.Module:
+    """Other swapped classes (utils/swaps.py protocol): `from_swap_spec` or `Cls(**spec)`."""
+    import importlib
+
+    path = str(spec.get("class", ""))
+    module_name, _, cls_name = path.rpartition(".")
+    if not module_name.startswith("sparseft."):
+        raise ValueError(f"sparseft checkpoint: module {fqn!r} has type {spec.get('type')!r} without a sparseft "
+                         f"class to rebuild it (written by a newer sparseft?)")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"sparseft checkpoint: module {fqn!r} needs {path}, which this sparseft does not have "
+                         f"(written by a newer sparseft?)") from None
+    args = {k: v for k, v in spec.items() if k not in ("type", "class")}
+    if hasattr(cls, "from_swap_spec"):
+        local = {name[len(fqn) + 1:]: v for name, v in shapes.items() if name.startswith(f"{fqn}.")}
+        return cls.from_swap_spec(args, current, local)
+    return cls(**args)
 
 
 def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
@@ -150,6 +170,10 @@ class SparseftHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        from sparseft.utils.swaps import add_save_guard
+
+        for fqn in self.quantization_config.modules:
+            add_save_guard(model.get_submodule(fqn))  # a re-save is guarded like the original
         return model
 
     def is_serializable(self) -> bool:

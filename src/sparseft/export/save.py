@@ -26,6 +26,12 @@ def save_artifact(model, tokenizer, directory: str | Path, *, configs: dict[str,
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if hasattr(model, "config"):  # README.md: how this folder loads (docs/artifacts.md)
+            from sparseft.export.artifact_cards import write_folder_card
+            from sparseft.utils.swaps import swapped_modules
+
+            write_folder_card(tmp, model, layout="modules" if swapped_modules(model) else "plain",
+                              where=str(directory))
         for name, cfg in (configs or {}).items():
             if isinstance(cfg, BaseConfig):
                 save_config(cfg, tmp, f"sparseft_{name}.json")

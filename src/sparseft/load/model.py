@@ -91,7 +91,9 @@ def resolve_model(name: str) -> ModelSource:
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    src = resolve_model(name)
+    from sparseft.load.artifacts import tokenizer_source
+
+    src = resolve_model(tokenizer_source(name))  # a diff / adapter folder without one: its base's
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=trust_remote_code, **kwargs)
     if tok.pad_token is None:
@@ -120,6 +122,9 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    from sparseft.load.artifacts import SPECIAL, artifact_kind, check_loading_info, finish_loaded, load_artifact
+    if artifact_kind(name) in SPECIAL:  # diff / adapter / compressed folders (load/artifacts.py)
+        return load_artifact(name, task, labels=labels, dtype=dtype, trust_remote_code=trust_remote_code)
     src = resolve_model(name)
     from sparseft.compress.factorize.artifact import folder_factorization, load_factorized  # lazy: a plug-in format
     if src.gguf_file is None and Path(src.path).is_dir() and folder_factorization(src.path):
@@ -128,19 +133,20 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
             raise ValueError(f"{name} is a factorized model predicting {model_labels(model)}; "
                              f"the data has {list(labels)}")
         return model
-    kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32}
+    kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32,
+                    "output_loading_info": True}  # missing tensors are refused, not random-initialised
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
     if task == "lm":
-        model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
-        if getattr(model.config, "quantization_config", None) and src.gguf_file:
-            # GGUF weights are dequantized on load; drop the marker so save_pretrained writes a plain fp model.
-            del model.config.quantization_config
-        return model
+        model, info = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
+        check_loading_info(name, model, info, new_head=False)
+        return finish_loaded(model)
+    config = AutoConfig.from_pretrained(src.path, **{k: v for k, v in kwargs.items()
+                                                     if k not in ("dtype", "output_loading_info")})
+    found = getattr(config, "id2label", None) or {}
+    found = [found[i] for i in sorted(found)]
     if not labels:
-        config = AutoConfig.from_pretrained(src.path, **{k: v for k, v in kwargs.items() if k != "dtype"})
-        found = getattr(config, "id2label", None) or {}
-        labels = [found[i] for i in sorted(found)]
+        labels = found
         if not labels or all(str(v).startswith("LABEL_") for v in labels):
             raise ValueError(f"task {task!r} needs labels: pass the label list (taken from the training data) "
                              f"or load a checkpoint that stores them in config.id2label")
@@ -151,9 +157,11 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
     label2id = {label: i for i, label in id2label.items()}
     auto = AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
     # ignore_mismatched_sizes: a checkpoint whose head has another label count gets a fresh head.
-    model = auto.from_pretrained(src.path, num_labels=len(labels), id2label=id2label, label2id=label2id,
-                                 ignore_mismatched_sizes=True, **kwargs)
-    return model
+    model, info = auto.from_pretrained(src.path, num_labels=len(labels), id2label=id2label, label2id=label2id,
+                                       ignore_mismatched_sizes=True, **kwargs)
+    # a fresh head is only allowed when the labels are new (another label set than the checkpoint's)
+    check_loading_info(name, model, info, new_head=found != labels)
+    return finish_loaded(model)
 
 
 def model_labels(model) -> list[str]:

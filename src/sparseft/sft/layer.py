@@ -8,7 +8,9 @@
 
 so gradients and AdamW state are O(k). `merge_sparse_(model)` writes W0[indices] += values into
 the base weights in place (`index_add_`: every other entry stays bit-identical to W0) and puts
-the plain modules back, so `save_pretrained` writes an ordinary checkpoint.
+the plain modules back, so `save_pretrained` writes an ordinary checkpoint. Saved while wrapped
+(an HF Trainer checkpoint), the folder records the wrappers in config.json and reloads wrapped
+after `import sparseft`; plain transformers refuses it (utils/swaps.py), never loads W0 alone.
 
 Memory (the reason this is a custom autograd Function for nn.Linear rather than a
 `torch.nn.utils.parametrize` parametrisation): a parametrisation would compute the dense
@@ -28,6 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from sparseft.utils.swaps import add_save_guard, record_swaps_
 
 Masks = dict[str, torch.Tensor]
 
@@ -86,6 +90,11 @@ class SparseDelta(nn.Module):
         self.register_buffer("indices", indices.to(device=weight.device, dtype=torch.long))
         self.values = nn.Parameter(torch.zeros(indices.numel(), dtype=torch.float32, device=weight.device))
         self.acc_grad: torch.Tensor | None = None  # dense fp32 gradient sum, only while regrow asks
+        add_save_guard(self)  # a save_pretrained folder never loads W0 as the tuned weight (utils/swaps.py)
+
+    def swap_spec(self) -> dict:
+        """Recorded in config.json (utils/swaps.py): the quantizer re-wraps the base on load."""
+        return {"k": int(self.indices.numel())}
 
     @property
     def weight(self) -> torch.Tensor:
@@ -144,6 +153,7 @@ def sparsify_(model: nn.Module, masks: Masks) -> dict[str, SparseDelta]:
         parent, child = _parent(model, module_fqn)
         setattr(parent, child, wrapper)
         layers[name] = wrapper
+    record_swaps_(model)  # save_pretrained while wrapped (HF Trainer checkpoints) then reloads right
     return layers
 
 
@@ -168,3 +178,4 @@ def merge_sparse_(model: nn.Module, *, merge: bool = True) -> None:
             w.view(-1).index_add_(0, layer.indices, layer.values.to(w.dtype))
         parent, child = _parent(model, name.rpartition(".")[0])
         setattr(parent, child, layer.base)
+    record_swaps_(model)

@@ -19,8 +19,13 @@ are **randomly initialised**. Two mechanisms prevent that, both through public h
   re-initialise `<fqn>.weight`; with the empty tensor in the file it instead stops with a size
   mismatch error. The guard is dropped again when a state dict is loaded into the module.
 
-The duck-typed protocol: a swapped module class defines `swap_spec() -> dict` (JSON-able
-constructor arguments) and calls `add_save_guard(self)` in `__init__`.
+The duck-typed protocol for a new swapped module class (a sparseft class: its import path is
+recorded as "class" and only `sparseft.*` paths are imported on load):
+  * `swap_spec() -> dict`: JSON-able constructor arguments (`Cls(**spec)` rebuilds an empty
+    module whose buffers have the stored shapes), or also a classmethod
+    `from_swap_spec(spec, current_module, shapes)` when the shapes depend on the data
+    (`shapes`: {local tensor name: (shape, dtype)} read from the safetensors header);
+  * `add_save_guard(self)` in `__init__` (record_swaps_ adds it too, for modules it sees).
 """
 
 from __future__ import annotations
@@ -48,9 +53,13 @@ def _drop_guard(module, state_dict, prefix, local_metadata, strict, missing_keys
 
 
 def add_save_guard(module) -> None:
-    """Write an empty `<prefix>weight` into `module`'s state dicts (and drop it when loading)."""
+    """Write an empty `<prefix>weight` into `module`'s state dicts (and drop it when loading).
+    Idempotent; `record_swaps_` adds it to every swapped module that lacks it."""
+    if getattr(module, "_sparseft_save_guard", False):
+        return
     module.register_state_dict_post_hook(_add_guard)
     module.register_load_state_dict_pre_hook(_drop_guard)
+    module._sparseft_save_guard = True
 
 
 def swapped_modules(model) -> dict[str, dict[str, Any]]:
@@ -63,7 +72,8 @@ def swapped_modules(model) -> dict[str, dict[str, Any]]:
         spec = getattr(module, "swap_spec", None)
         if not callable(spec) or any(fqn.startswith(f"{outer}.") for outer in out):
             continue
-        out[fqn] = {"type": type(module).__name__, **spec()}
+        cls = type(module)
+        out[fqn] = {"type": cls.__name__, "class": f"{cls.__module__}.{cls.__qualname__}", **spec()}
     return out
 
 
@@ -89,6 +99,8 @@ def record_swaps_(model) -> None:
         method = current.get("quant_method") if isinstance(current, dict) else getattr(current, "quant_method", "?")
         raise ValueError(f"the model already carries a {method!r} quantization_config; sparseft cannot describe "
                          f"its swapped modules next to it (load the model dequantized first)")
+    for fqn in modules:
+        add_save_guard(model.get_submodule(fqn))
     if modules:
         config.quantization_config = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION,
                                       "layout": "modules", "modules": modules}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from sparseft.compress.quantize.pack import expand_groups, pack_codes, storage_bits, unpack_codes
 from sparseft.config.targets import TargetSpec, select_modules
+from sparseft.utils.swaps import add_save_guard
 
 
 class QuantLinear(nn.Module):
@@ -47,6 +48,7 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
         for name in ("scale", "zero", "codebook", "outlier_index", "outlier_value"):
             self.register_buffer(name, None)
+        add_save_guard(self)  # save_pretrained folders: see sparseft.utils.swaps
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -120,6 +122,8 @@ class QuantLinear(nn.Module):
         return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
                 "group_size": self.group_size, "method": self.method, "symmetric": self.symmetric}
 
+    swap_spec = spec  # recorded in config.json by sparseft.utils.swaps.record_swaps_
+
     def extra_repr(self) -> str:
         kind = "codebook" if self.codebook is not None else ("sym" if self.symmetric else "asym")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
@@ -143,6 +147,7 @@ class QuantEmbedding(nn.Module):
         self.register_buffer("qweight", torch.zeros(num_embeddings, packed_cols, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(num_embeddings, 1))
         self.register_buffer("zero", None)
+        add_save_guard(self)
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, *, bits: int, group_size: int, scale: torch.Tensor,
@@ -191,6 +196,8 @@ class QuantEmbedding(nn.Module):
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.bits,
                 "group_size": self.group_size, "method": self.method, "symmetric": self.symmetric,
                 "padding_idx": self.padding_idx}
+
+    swap_spec = spec
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}, "
