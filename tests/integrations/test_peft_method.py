@@ -184,3 +184,33 @@ def test_a_reused_config_selects_again_and_a_bf16_base_loads_with_a_warning(tiny
     with pytest.warns(UserWarning, match="cannot be checked"):
         loaded = PeftModel.from_pretrained(base(tiny_bert_dir).to(torch.bfloat16), tmp_path / "ad")
     assert next(iter(sparseft_layers(loaded).values())).sparseft_values["default"].numel() > 0
+
+
+def test_two_adapters_switch_merge_and_delete(tiny_bert_dir):
+    plain = base(tiny_bert_dir)
+    w0 = {n: p.detach().clone() for n, p in plain.named_parameters()}
+    model = get_peft_model(plain, SparseFTConfig(density=0.05, mask="random", mask_options={"seed": 1}))
+    model.add_adapter("b", SparseFTConfig(density=0.02, mask="random", mask_options={"seed": 2}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "sparseft_values" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    x = batch(seed=3)
+    model.eval()
+    with torch.no_grad():
+        out_a = model(**x).logits
+        model.set_adapter("b")
+        out_b = model(**x).logits
+        with model.disable_adapter():
+            out_base = model(**x).logits
+    assert not torch.equal(out_a, out_b) and not torch.equal(out_b, out_base)
+    k_b = sum(layer.sparseft_values["b"].numel() for layer in sparseft_layers(model, "b").values())
+    k_a = sum(layer.sparseft_values["default"].numel() for layer in sparseft_layers(model, "default").values())
+    assert 0 < k_b < k_a
+    model.delete_adapter("default")
+    assert not sparseft_layers(model, "default")
+    merged = model.merge_and_unload()
+    with torch.no_grad():
+        assert torch.allclose(merged(**x).logits, out_b, atol=1e-5)
+    changed = sum(int((p != w0[n]).sum()) for n, p in merged.named_parameters() if n in w0)
+    assert 0 < changed <= k_b  # only adapter b's entries were merged

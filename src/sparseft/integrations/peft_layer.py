@@ -191,3 +191,8 @@ class SparseFTLayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "sparseft." + super().__repr__()
+
+
+class SparseFTLinear(SparseFTLayer):
+    """SparseFTLayer around an nn.Linear / Conv1D. The name matters: peft's "all-linear" target
+    recognises already-adapted linear layers by "Linear" in the class name (for a second adapter)."""

@@ -9,8 +9,8 @@ PeftModel.from_pretrained, merge_and_unload and unload, Trainer and TRL's `peft_
     merged = PeftModel.from_pretrained(base2, "adapter").merge_and_unload()
 
 How the entries are chosen (the budget is global over all targeted weights, as in sparseft):
-  * creation: every targeted module becomes a pending `SparseFTLayer`; then, in
-    `_post_injection_hook`, the base is fingerprinted and, for data-free masks (random,
+  * creation: every targeted module becomes a pending `SparseFTLayer`; then, right after
+    injection (`inject_adapter`, also for added adapters), the base is fingerprinted and, for data-free masks (random,
     magnitude, regrow with a data-free init), the entries are selected at once;
   * data-driven masks (fisher, lottery, regrow init="fisher") are selected by
     `select_sparseft_masks_(model, batches=...)`, which `SparseFTCallback` calls at the start of
@@ -35,7 +35,7 @@ from peft.utils import register_peft_method
 
 from sparseft.export.fingerprint import fingerprint_tensors
 from sparseft.integrations.peft_config import PEFT_TYPE, SparseFTConfig, ensure_peft_type
-from sparseft.integrations.peft_layer import SparseFTLayer
+from sparseft.integrations.peft_layer import SparseFTLayer, SparseFTLinear
 from sparseft.masks.select import budget_quotas, masks_from_scores
 from sparseft.registry import REGISTRY
 
@@ -54,12 +54,19 @@ class SparseFTModel(BaseTuner):
         if isinstance(target, SparseFTLayer):
             target.update_layer(adapter_name, inference_mode=peft_config.inference_mode)
             return
-        new_module = SparseFTLayer(target, adapter_name)
+        linear = isinstance(target, nn.Linear) or type(target).__name__ == "Conv1D"  # transformers' GPT-2 layer
+        new_module = (SparseFTLinear if linear else SparseFTLayer)(target, adapter_name)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added adapter is not trainable until activated
         self._replace_module(parent, target_name, new_module, target)
 
-    def _post_injection_hook(self, model: nn.Module, config: SparseFTConfig, adapter_name: str) -> None:
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        # peft calls `_post_injection_hook` only for the first adapter; add_adapter / load_adapter
+        # of a second one come through here too, so fingerprinting and selection happen here.
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        self._after_injection(model, self.peft_config[adapter_name], adapter_name)
+
+    def _after_injection(self, model: nn.Module, config: SparseFTConfig, adapter_name: str) -> None:
         layers = sparseft_layers(model, adapter_name)
         if not layers:
             raise ValueError("SparseFTConfig: target_modules matched no module with a 2-D weight")
