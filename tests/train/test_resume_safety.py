@@ -70,6 +70,8 @@ def test_resume_requires_the_same_model_data_and_config(setup, tmp_path):
     assert same.resumed_from_step == same.steps
     fresh_run = train(fresh(), data[b].train, _cfg(tmp_path, resume=False), collate_fn=collate)
     assert fresh_run.resumed_from_step is None and fresh_run.steps == 3
+    log = [json.loads(x)["step"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]  # the fresh start dropped the earlier run's lines
 
 
 def test_a_frozen_base_with_other_weights_is_refused(setup, tmp_path):
