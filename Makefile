@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sft.py run
 	$(PY) benchmarks/bench_quant.py
 	$(PY) benchmarks/bench_prune.py
+	$(PY) benchmarks/bench_factorize.py
 	$(PY) benchmarks/bench_chat.py
 	$(PY) benchmarks/summarize.py
 

@@ -8,8 +8,9 @@
 Parts (each run is `sparseft run <recipe> <overrides>` in its own process, via bench_prune's
 child runner, so its peak memory is its own):
 
-  minilm   the dense fine-tuned MiniLM (bench_prune's full-train teacher: run
-           `python benchmarks/bench_prune.py --only teacher --full-train` first) with 20 / 30 / 50%
+  minilm   the full-fine-tuning baseline MiniLM (the `conll2003_full` experiment's model, all 14,041
+           sentences, dev F1 0.911: run `python benchmarks/run.py conll2003_full` first; `make bench`
+           does) with 20 / 30 / 50%
            fewer encoder-Linear parameters, per method: dev F1 of the dense model, right after
            factorizing and after `--epochs` (1) epoch(s) of recovery fine-tuning of the factors
            with distillation from the dense model; size on disk, CPU latency (batch 1) and
@@ -46,7 +47,7 @@ PARTS = ("minilm", "smollm2")
 METHODS = ("svd", "asvd", "whiten_svd", "fisher_svd")
 MINILM_RATIOS = (0.2, 0.3, 0.5)
 SMOLLM2_RATIOS = (0.1, 0.2, 0.3)
-TEACHER = "benchmarks/runs/prune_full/conll_teacher/model"
+TEACHER = "benchmarks/runs/conll2003_full/model"
 CONLL_TRAIN = "../shared/data/conll2003/eng.train"
 WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 R = "recipes/"
@@ -181,7 +182,7 @@ def run_part(part: str, args) -> Path | None:
 
     missing = [p for p in needs(part, args) if not (ROOT / p).exists()]
     if missing:
-        hint = " (python benchmarks/bench_prune.py --only teacher --full-train)" if part == "minilm" else ""
+        hint = " (python benchmarks/run.py conll2003_full)" if part == "minilm" else ""
         print(f"skip {part}: missing {missing}{hint}")
         return None
     t0 = time.perf_counter()

@@ -129,7 +129,7 @@ def test_whitened_and_activation_aware_beat_plain_svd_on_calibration_outputs(out
         model = copy.deepcopy(outlier_llama)
         factorize_(model, cfg_cls(ratio=0.3, allocation="uniform"), batches=lm_batches, progress=False)
         err[cfg_cls.__name__] = _sq_error(dense, _logits(model, lm_batches))
-    # measured on this toy: plain ~199, ASVD ~100, whitened ~23 (uniform ranks, equal parameter counts)
+    # measured on this toy: plain ~471, ASVD ~278, whitened ~73 (uniform ranks, equal parameter counts)
     assert err["WhitenedSVDConfig"] < 0.5 * err["ASVDConfig"] < 0.5 * 0.8 * err["SVDConfig"]
 
 
