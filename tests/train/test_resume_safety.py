@@ -193,6 +193,18 @@ def test_a_corrupt_best_checkpoint_is_named(setup, tmp_path):
         train(fresh(), data[a].train, _cfg(tmp_path, eval_every=3), **kw)
 
 
+def test_weights_from_a_gathered_state_load_like_best_weights(setup, tmp_path):
+    """What a sharded engine writes for `best/` (a gathered full state) loads with load_weights."""
+    from sparseft.train.checkpoint import load_weights, save_weights_from_state
+
+    _, _, fresh, _ = setup
+    source, target = fresh(seed=3), fresh()
+    save_weights_from_state(source.state_dict(), tmp_path / "best")
+    load_weights(target, tmp_path / "best")
+    a, b = source.state_dict(), target.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stale_temporaries_of_killed_saves_are_removed_on_start(setup, tmp_path):
     data, (a, _), fresh, collate = setup
     train(fresh(), data[a].train, _cfg(tmp_path), collate_fn=collate)

@@ -128,6 +128,15 @@ def save_weights(model, path: str | Path) -> None:
         write_manifest(tmp)
 
 
+def save_weights_from_state(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """`save_weights` for tensors gathered elsewhere (e.g. a sharded engine's full state): the
+    same layout (trainable.safetensors + manifest.json), so `load_weights` reads it."""
+    with atomic_dir(Path(path)) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt", "sparseft": "trainable"})
+        write_manifest(tmp)
+
+
 def load_weights(model, path: str | Path) -> None:
     path = Path(path)
     verify_manifest(path)
