@@ -245,3 +245,23 @@ def test_cli_second_train_on_other_data_is_a_one_line_error(setup, tiny_bert_dir
     assert run(b, "--no-resume") == 0
     metrics = json.loads((out / "metrics.json").read_text())["stages"]["finetune"]
     assert metrics["resumed_from_step"] is None and metrics["steps"] == 3
+
+
+def test_tied_weights_are_saved_once_and_restored_shared(tmp_path):
+    """Full fine-tuning of a model with tied embeddings (as SmolLM2): one copy on disk, and the
+    loaded model keeps the tie."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sparseft.train.checkpoint import load_trainable, save_trainable, trainable_state
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    a = LlamaForCausalLM(cfg)
+    torch.manual_seed(1)
+    b = LlamaForCausalLM(cfg)
+    assert set(a.state_dict()) - set(trainable_state(a)) == {"lm_head.weight"}
+    save_trainable(a, tmp_path / WEIGHTS)
+    load_trainable(b, tmp_path / WEIGHTS)
+    assert b.lm_head.weight is b.model.embed_tokens.weight
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
