@@ -92,9 +92,12 @@ def test_clean_stale_removes_only_our_leftovers(tmp_path):
     removed = clean_stale(ckpt)
     assert sorted(p.name for p in removed) == sorted([*(p.name for p in ours), ".last.old"])
     assert all(p.exists() for p in foreign) and (ckpt / "state.json").exists()
-    # every entry's leftovers: `.lastx.*.tmp` is a temporary of `lastx` (foreign to `last` only)
-    assert sorted(p.name for p in clean_stale_in(tmp_path)) == [".lastx.1a2b3c4d.tmp", ".log.jsonl.abcdef12.tmp"]
+    # every entry's temporaries: `.lastx.*.tmp` is one of `lastx` (foreign to `last` only); a
+    # `.<name>.old` is only handled for a named path (it could be a user's own backup)
+    (tmp_path / ".config.old").mkdir()
+    assert [p.name for p in clean_stale_in(tmp_path)] == [".lastx.1a2b3c4d.tmp", ".log.jsonl.abcdef12.tmp"]
     assert all(p.exists() for p in foreign[:-1]) and (ckpt / "state.json").exists()
+    assert (tmp_path / ".config.old").is_dir() and not (tmp_path / "config").exists()
 
 
 def test_clean_stale_puts_back_a_folder_caught_between_the_two_renames(tmp_path):

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparseft.train.identity import check_resume
-from sparseft.utils.io import atomic_dir, clean_stale_in
+from sparseft.utils.io import atomic_dir, clean_stale, clean_stale_in
 
 WEIGHTS = "trainable.safetensors"
 MANIFEST = "manifest.json"
@@ -60,7 +60,8 @@ def prepare_run_dir(output_dir: str | Path) -> list[Path]:
     copy of trainable state + optimizer), and put back a checkpoint caught between the two
     renames of the fallback swap. Only sparseft's own temporary names are touched."""
     out = Path(output_dir)
-    return clean_stale_in(out / "checkpoints") + clean_stale_in(out)
+    return (clean_stale(checkpoint_dir(out)) + clean_stale(out / "best")
+            + clean_stale_in(out / "checkpoints") + clean_stale_in(out))
 
 
 def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: LoopState,

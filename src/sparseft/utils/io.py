@@ -126,13 +126,16 @@ def clean_stale(path: str | Path) -> list[Path]:
 
 
 def clean_stale_in(folder: str | Path) -> list[Path]:
-    """`clean_stale` for every entry of `folder` that has leftovers (same name patterns only)."""
+    """Remove every `.<name>.<8 chars>.tmp` entry of `folder` (temporaries of killed atomic
+    writes); `.<name>.old` is left to `clean_stale(folder / name)` for names the caller owns."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    pattern = re.compile(r"^\.(.+?)\.(?:[a-z0-9_]{8}\.tmp|old)$")
-    names = {m.group(1) for e in folder.iterdir() if (m := pattern.match(e.name))}
-    return [p for name in sorted(names) for p in clean_stale(folder / name)]
+    pattern = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+    removed = sorted(e for e in folder.iterdir() if pattern.match(e.name))
+    for entry in removed:
+        _remove(entry)
+    return removed
 
 
 def dir_size_bytes(path: str | Path) -> int:
