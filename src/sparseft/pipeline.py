@@ -44,7 +44,7 @@ def load_context(recipe: Recipe, *, title: str | None = None) -> RunContext:
     A recipe without training data (`data.train` empty: one-shot pruning or quantization of a
     fine-tuned checkpoint) loads no data; the model's labels then come from its own config.
     """
-    from sparseft.load.data import build_task_data
+    from sparseft.load.data import build_task_data, check_max_length
     from sparseft.load.model import load_model, load_tokenizer
 
     out = Path(recipe.output_dir)
@@ -56,6 +56,8 @@ def load_context(recipe: Recipe, *, title: str | None = None) -> RunContext:
     seed_everything(recipe.seed)  # before the model: new heads are initialised from the seed
     labels = ctx.data.labels if ctx.data else None
     ctx.model = load_model(recipe.model, recipe.data.task, labels=labels or None)
+    if ctx.data:
+        check_max_length(recipe.data, ctx.model)  # before an IndexError deep in the first forward
     info = {"model": recipe.model, "task": recipe.data.task}
     if ctx.data:
         info.update(train_examples=len(ctx.data.train), eval_examples=len(ctx.data.eval), labels=len(ctx.data.labels))

@@ -36,7 +36,7 @@ def test_split_records_needs_enough_data():
 def test_eval_file_with_an_unseen_label_is_refused(toy_ner_files, tiny_tokenizer, tmp_path):
     bad = tmp_path / "bad.conll"
     bad.write_text("john\tB-PER\nsmith\tB-ANIMAL\n")
-    with pytest.raises(DataError, match=r"bad.conll:1: unknown label 'B-ANIMAL'"):
+    with pytest.raises(DataError, match=r"bad.conll:2: unknown label 'B-ANIMAL'"):  # the offending line
         build_eval_data(DataConfig(), tiny_tokenizer, ["O", "B-PER", "I-PER"], str(bad))
 
 

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from sparseft.config.base import load_config
     from sparseft.eval.cost import measure_cost
     from sparseft.eval.evaluate import evaluate
-    from sparseft.load.data import DataConfig, build_eval_data
+    from sparseft.load.data import DataConfig, build_eval_data, check_max_length
     from sparseft.load.model import load_model, load_tokenizer, model_labels
     from sparseft.report.card import Report
     from sparseft.utils.io import atomic_write_json
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = DataConfig.from_dict({**{k: v for k, v in given.items() if k != "train"}})
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, cfg.task)
+    check_max_length(cfg, model)
     labels = model_labels(model) if cfg.task != "lm" else []
     data = build_eval_data(cfg, tokenizer, labels, args.data)
     report = Report(title=f"sparseft eval: {args.model}")

@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from sparseft.config.types import check_fields
 from sparseft.utils.io import atomic_write_text
 
 T = TypeVar("T", bound="BaseConfig")
@@ -35,6 +36,23 @@ class BaseConfig:
     """Subclass as a dataclass; validate fields in `__post_init__` and raise ValueError."""
 
     VERSION: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Field types are checked (config/types.py) before a subclass's own `__post_init__` runs,
+        so its validation never meets 'abc' where it compares an int (one error naming the field)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_types", False):
+            def __post_init__(self, *args: Any, _own=own, **kw: Any) -> None:
+                check_fields(self)
+                _own(self, *args, **kw)
+
+            __post_init__._checks_types = True  # type: ignore[attr-defined]
+            __post_init__.__doc__ = own.__doc__
+            cls.__post_init__ = __post_init__  # type: ignore[method-assign]
 
     def to_dict(self) -> dict[str, Any]:
         return {"_type": type(self).__name__, "_version": self.VERSION, "_data": _plain(dataclasses.asdict(self))}

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import yaml
 
 from sparseft.config.base import parse_scalar
+from sparseft.config.types import check_value
 from sparseft.load.data import DataConfig
 
 
@@ -68,8 +69,9 @@ class Recipe:
             names.add(name)
             stages.append(Stage(name, method, s))
         data = DataConfig.from_dict(raw.get("data") or {})
-        return cls(model=str(raw["model"]), data=data, stages=stages,
-                   output_dir=str(raw.get("output_dir", "runs/run")), seed=int(raw.get("seed", 42)), raw=raw)
+        return cls(model=check_value("recipe model", raw["model"], str), data=data, stages=stages,
+                   output_dir=check_value("recipe output_dir", raw.get("output_dir", "runs/run"), str),
+                   seed=check_value("recipe seed", raw.get("seed", 42), int), raw=raw)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.raw, sort_keys=False)

@@ -45,6 +45,9 @@ def check_entries(indices: Mapping[str, torch.Tensor], values: Mapping[str, torc
                   shapes: Mapping[str, tuple], base_values: Mapping[str, torch.Tensor],
                   dense: Mapping[str, torch.Tensor]) -> None:
     """Raise ValueError on inconsistent counts, bad indices or non-finite numbers (module doc)."""
+    orphans = sorted((set(values) | set(base_values)) - set(indices))
+    if orphans:
+        raise ValueError(f"values without indices for {orphans[:5]}")
     for name, idx in indices.items():
         if name not in values or name not in shapes:
             raise ValueError(f"{name}: indices without values or shape")

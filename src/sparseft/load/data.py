@@ -155,11 +155,49 @@ def build_task_data(cfg: DataConfig, tokenizer, labels: Sequence[str] | None = N
         return TaskData("lm", [], train, evals, [])
     labels = list(labels) if labels else (ner_label_list(train_recs) if cfg.task == "ner"
                                           else cls_label_list(train_recs))
+    check_label_set(cfg, labels)
     label2id = {label: i for i, label in enumerate(labels)}
     tok = tokenize_ner if cfg.task == "ner" else tokenize_cls
     train = tok(train_recs, tokenizer, label2id, max_length=cfg.max_length)
     evals = tok(eval_recs, tokenizer, label2id, max_length=cfg.max_length)
     return TaskData(cfg.task, labels, train, evals, eval_recs)
+
+
+def check_label_set(cfg: DataConfig, labels: Sequence[str]) -> None:
+    """Refuse training labels that cannot make a classifier (raise DataError naming the file).
+
+    One class would build a 1-output head, which transformers treats as *regression* (accuracy
+    1.0 by construction); an NER set whose tags are all 'O' has no entity to learn (F1 0).
+    """
+    if cfg.task == "cls" and len(labels) < 2:
+        raise DataError(f"{cfg.train}: every training example has the label {labels[0]!r} (column "
+                        f"{cfg.label_col!r}); classification needs at least 2 classes")
+    if cfg.task == "ner" and len(labels) < 2:
+        raise DataError(f"{cfg.train}: every tag is 'O' (no entities); NER needs at least one "
+                        f"B-TYPE / I-TYPE tag in the training data")
+
+
+def position_limit(model) -> int | None:
+    """Tokens the model can take if it has learned absolute position embeddings (BERT, GPT-2),
+    else None (rotary / relative positions have no hard table to index past)."""
+    import torch.nn as nn
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in ("position_embeddings", "wpe"):
+            pad = module.padding_idx  # RoBERTa-style tables start after the padding index
+            return module.num_embeddings - (pad + 1 if pad is not None else 0)
+    return None
+
+
+def check_max_length(cfg: DataConfig, model) -> None:
+    """`max_length` (ner/cls) or `block_size` (lm) must fit the model's position table."""
+    limit = position_limit(model)
+    field_name = "block_size" if cfg.task == "lm" else "max_length"
+    value = getattr(cfg, field_name)
+    if limit is not None and value > limit:
+        flag = "" if cfg.task == "lm" else f" (--max-length {limit} or less)"
+        raise ValueError(f"data.{field_name}={value} is more than the model's {limit} positions "
+                         f"(max_position_embeddings in its config); use {limit} or less{flag}")
 
 
 def build_eval_data(cfg: DataConfig, tokenizer, labels: Sequence[str], path: str) -> TaskData:

@@ -40,6 +40,13 @@ def _label_id(label: str, label2id: dict[str, int], where: str) -> int:
         raise DataError(f"{where}: unknown label {label!r}; the model knows {sorted(label2id)}") from None
 
 
+def _word_line(rec: dict, j: int) -> str:
+    """'path:LINE' of word `j` of a CoNLL record ('where' is its first line; one word per line)."""
+    where = rec.get("where", "?")
+    path, _, line = where.rpartition(":")
+    return f"{path}:{int(line) + j}" if path and line.isdigit() else where
+
+
 def tokenize_ner(records: Sequence[dict], tokenizer, label2id: dict[str, int], *, max_length: int = 128,
                  ) -> list[dict]:
     """Tokenize pre-split words; words cut off by `max_length` are recorded in `n_words`.
@@ -54,7 +61,7 @@ def tokenize_ner(records: Sequence[dict], tokenizer, label2id: dict[str, int], *
                       max_length=max_length)
     for i, rec in enumerate(records):
         word_ids = batch.word_ids(i)
-        tag_ids = [_label_id(t, label2id, rec.get("where", "?")) for t in rec["tags"]]
+        tag_ids = [_label_id(t, label2id, _word_line(rec, j)) for j, t in enumerate(rec["tags"])]
         labels, prev, n_words = [], None, 0
         for w in word_ids:
             if w is None or w == prev:
