@@ -39,7 +39,7 @@ def test_round_trip_on_disk(tmp_path):
     model = base_model()
     diff = make_diff(model, {"0.weight": [0, 5, 47], "2.weight": [3]}, dense=True)
     save_diff(diff, tmp_path / "d")
-    assert sorted(p.name for p in (tmp_path / "d").iterdir() if not p.name.startswith(".")) == ["diff.safetensors", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir() if not p.name.startswith(".")) == ["README.md", "diff.safetensors", "manifest.json"]
     with safe_open(str(tmp_path / "d" / "diff.safetensors"), "pt") as f:
         assert f.get_tensor("0.weight::indices").dtype == torch.int32  # compact on disk
     again = load_diff(tmp_path / "d")

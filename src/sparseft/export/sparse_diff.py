@@ -46,8 +46,10 @@ from typing import Sequence
 import torch
 from safetensors.torch import save_file
 
+from sparseft.export.diff_card import write_diff_card
 from sparseft.export.diff_validate import check_checksum, check_entries, check_manifest, tensors_checksum
 from sparseft.export.fingerprint import fingerprint
+from sparseft.utils.hub import resolve_folder
 from sparseft.utils.io import dir_size_bytes
 from sparseft.utils.outdir import replace_dir
 from sparseft.utils.tensorfile import load_tensors
@@ -124,7 +126,11 @@ def save_diff(diff: SparseDiff, directory: str | Path, *, overwrite: bool = Fals
     """Write `diff.safetensors` + `manifest.json` into `directory` (replaced atomically).
 
     A non-empty folder sparseft did not write is refused unless `overwrite` (see
-    `sparseft.utils.outdir`, which also explains `owner`).
+    `sparseft.utils.outdir`, which also explains `owner`). The folder also gets a README.md
+    model card (export/diff_card.py).
+
+    Example:
+        >>> save_diff(diff, "runs/sft/diff")                                         # doctest: +SKIP
     """
     tensors: dict[str, torch.Tensor] = {}
     meta: dict = {}
@@ -148,16 +154,23 @@ def save_diff(diff: SparseDiff, directory: str | Path, *, overwrite: bool = Fals
     with replace_dir(directory, owner=owner, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / "diff.safetensors"), metadata={"format": FORMAT})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_diff_card(tmp, manifest, load_path=str(directory))
     return Path(directory)
 
 
-def load_diff(directory: str | Path) -> SparseDiff:
+def load_diff(directory: str | Path, *, revision: str | None = None) -> SparseDiff:
     """Read a diff folder written by `save_diff` (indices come back as int64).
 
     The tensors are checked against the manifest and its checksum, and for NaN / out-of-range
     indices (export/diff_validate.py); any problem is a ValueError naming the file.
+    `directory` may also be a Hub repo id ("user/diff", at `revision`), fetched with
+    huggingface_hub (from the local cache only under HF_HUB_OFFLINE=1; utils/hub.py).
+
+    Example:
+        >>> diff = load_diff("runs/sft/diff")                                        # doctest: +SKIP
+        >>> diff = load_diff("me/minilm-conll-sft", revision="main")                 # doctest: +SKIP
     """
-    directory = Path(directory)
+    directory = resolve_folder(directory, revision=revision)
     manifest = _read_manifest(directory)
     path = directory / "diff.safetensors"
     raw = load_tensors(path)
@@ -207,11 +220,12 @@ def _read_manifest(directory: Path) -> dict:
 
 
 def diff_info(directory: str | Path) -> dict:
-    """Manifest summary plus sizes on disk, without loading the tensors."""
-    directory = Path(directory)
+    """Manifest summary plus sizes on disk, without loading the tensors (a hub id works too)."""
+    directory = resolve_folder(directory)
     m = _read_manifest(directory)
     total = sum(int(torch.Size(t["shape"]).numel()) for t in m["tensors"].values())
-    return {"path": str(directory), "base_model": m.get("base_model"), "base_fingerprint": m.get("base_fingerprint"),
+    return {"path": str(directory), "base_model": m.get("base_model"), "base_revision": m.get("base_revision"),
+            "base_fingerprint": m.get("base_fingerprint"),
             "method": (m.get("method") or {}).get("_type", m.get("method")), "task": m.get("task"),
             "count": m.get("count"), "density": m.get("density"),
             "density_of_tensors_in_diff": m.get("count", 0) / total if total else 0.0,
@@ -323,6 +337,9 @@ def revert_diff_(model: torch.nn.Module, diff: SparseDiff, *, force: bool = Fals
 
     Args:
         force: skip the check that the diff was applied to `model` (see `check_applied`).
+
+    Example:
+        >>> revert_diff_(model, diff)   # W0 again at the diff's positions            # doctest: +SKIP
     """
     params = _params(model, diff)
     if not force:
@@ -346,6 +363,9 @@ def compose(diffs: Sequence[SparseDiff], policy: str = "sum", *, scales: Sequenc
         diffs: diffs trained on the same base (same fingerprint unless `force`).
         policy: "sum", "error" or "last" for positions present in several diffs.
         scales: optional per-diff factors on the deltas (default 1.0 each).
+
+    Example:
+        >>> both = compose([load_diff("runs/a/diff"), load_diff("runs/b/diff")], policy="error")  # doctest: +SKIP
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -414,6 +434,9 @@ def merge(model: torch.nn.Module, diffs: SparseDiff | Sequence[SparseDiff], dire
 
     The folder also holds `sparseft_diff.json`, the manifest of what was merged. `overwrite` /
     `owner`: see `save_artifact`.
+
+    Example:
+        >>> merge(base, load_diff("runs/sft/diff"), "runs/sft/merged", tokenizer=tok)  # doctest: +SKIP
     """
     from sparseft.export.save import save_artifact
 
