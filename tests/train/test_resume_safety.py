@@ -5,6 +5,8 @@ corrupt checkpoint files give one-line errors naming the file, stale temporaries
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -232,7 +234,19 @@ def test_cli_second_train_on_other_data_is_a_one_line_error(setup, tiny_bert_dir
                      "--epochs", "1", "--batch-size", "8", "--output-dir", str(out), "--no-cost",
                      "-o", "progress=false", *extra])
 
-    assert run(a) == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert run(a) == 0
+    finally:
+        os.umask(old_umask)
+    # every saved file and folder has the umask's modes (not mkstemp's 0600 / mkdtemp's 0700)
+    for folder in (out / "model", checkpoint_dir(out / "finetune"), out / "finetune" / "best"):
+        if folder.exists():
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+            for f in folder.iterdir():
+                assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    for f in (out / "report.md", out / "metrics.json", out / "recipe.yaml"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     capsys.readouterr()
     assert run(b) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sparseft train: error")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 
 import pytest
 
@@ -36,10 +37,17 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mask, file_mode, dir_m
         (tmp / "inner.txt").write_text("1")
     with atomic_dir(tmp_path / "d") as tmp:  # replacing an existing folder (exchange path)
         (tmp / "inner.txt").write_text("2")
+        fd, narrow = tempfile.mkstemp(dir=tmp)  # as transformers' save_pretrained writes shards
+        os.close(fd)
+        os.replace(narrow, tmp / "shard.safetensors")
+        (tmp / "sub").mkdir(mode=0o700)
+        (tmp / "sub" / "x").write_text("1")
     for name in ("a.txt", "b.json", "c.bin"):
         assert _mode(tmp_path / name) == file_mode, name
     assert _mode(tmp_path / "d") == dir_mode
-    assert _mode(tmp_path / "d" / "inner.txt") == file_mode
+    for name in ("inner.txt", "shard.safetensors", "sub/x"):
+        assert _mode(tmp_path / "d" / name) == file_mode, name
+    assert _mode(tmp_path / "d" / "sub") == dir_mode
     plain = tmp_path / "plain.txt"  # what any other write gives: the reference
     plain.write_text("x")
     assert _mode(plain) == file_mode

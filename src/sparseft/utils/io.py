@@ -5,7 +5,9 @@ half-written one under the final name. Details:
 
 * Temporary siblings are named `.<name>.<8 hex>.tmp` and created with mode 0666 / 0777 minus
   the umask (`os.open(O_EXCL)` / `os.mkdir`), so results get the same permissions as any other
-  file the process writes (mkstemp / mkdtemp would give 0600 / 0700).
+  file the process writes (mkstemp / mkdtemp would give 0600 / 0700). Files that writers inside
+  an `atomic_dir` block created with narrower modes (transformers' `save_pretrained` writes its
+  safetensors through mkstemp: 0600) are set to the umask's modes before the swap.
 * A folder replaces an existing one with one atomic `renameat2(RENAME_EXCHANGE)` on Linux (the
   old content ends up under the temporary name and is then deleted). Where the kernel, libc or
   file system lacks it, the swap is two renames (old -> `.<name>.old`, new -> name);
@@ -24,6 +26,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,8 +83,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, _ = _temp_sibling(path, directory=True)
+    umask = 0o777 & ~stat.S_IMODE(tmp.stat().st_mode)  # mkdir(0777) applied it: no os.umask() race
     try:
         yield tmp
+        _umask_modes_(tmp, umask)
         if path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
         elif path.exists():
@@ -160,6 +165,23 @@ def _temp_sibling(path: Path, *, directory: bool) -> tuple[Path, int | None]:
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a temporary name next to {path}")
+
+
+def _umask_modes_(root: Path, umask: int) -> None:
+    """Give every file under `root` mode 0666 & ~umask (0777 & ~umask if executable) and every
+    folder 0777 & ~umask, as plain open() / mkdir() would."""
+    for folder, dirs, files in os.walk(root):
+        for name in files:
+            f = os.path.join(folder, name)
+            st = os.lstat(f)
+            if stat.S_ISREG(st.st_mode):
+                base = 0o777 if st.st_mode & 0o111 else 0o666
+                if stat.S_IMODE(st.st_mode) != base & ~umask:
+                    os.chmod(f, base & ~umask)
+        for name in dirs:
+            d = os.path.join(folder, name)
+            if not os.path.islink(d):
+                os.chmod(d, 0o777 & ~umask)
 
 
 def _trash_name(path: Path) -> Path:
