@@ -214,3 +214,19 @@ def test_two_adapters_switch_merge_and_delete(tiny_bert_dir):
         assert torch.allclose(merged(**x).logits, out_b, atol=1e-5)
     changed = sum(int((p != w0[n]).sum()) for n, p in merged.named_parameters() if n in w0)
     assert 0 < changed <= k_b  # only adapter b's entries were merged
+
+
+def test_embedding_targets_train_sparsely_and_save_without_the_matrix(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    with pytest.warns(UserWarning, match="save_embedding_layers=False"):
+        cfg = SparseFTConfig(density=0.05, target_modules=["embed_tokens", "q_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(model, cfg)
+    ids = torch.randint(5, 60, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any("embed_tokens.sparseft_values" in n for n in grads) and all("sparseft_values" in n for n in grads)
+    model.save_pretrained(tmp_path / "ad", save_embedding_layers=False)
+    saved = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
+    assert saved and all("sparseft_" in k for k in saved)

@@ -24,6 +24,7 @@ change made to peft's tables apart from `register_peft_method` itself).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -101,6 +102,10 @@ class SparseFTConfig(PeftConfig):
             self.target_modules = set(self.target_modules)
         if self.exclude_modules is None:
             self.exclude_modules = list(DEFAULT_EXCLUDE)
+        named = {self.target_modules} if isinstance(self.target_modules, str) else set(self.target_modules)
+        if named & {"embed_tokens", "lm_head"} and not self.inference_mode:
+            warnings.warn("SparseFTConfig targets an embedding: peft's save_pretrained then also writes the whole "
+                          "embedding matrix unless called with save_embedding_layers=False", stacklevel=3)
         self.mask_config()  # validate budget, allocation, mask name and options where they enter
 
     def mask_config(self):
