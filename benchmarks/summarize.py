@@ -48,8 +48,10 @@ def _env_line(rec: dict) -> str:
     e = rec.get("env", {})
     commit = str(e.get("commit"))[:10] + (" (dirty)" if e.get("dirty") else "")
     gpu = f", GPU {e['cuda']}" if e.get("cuda") else ""
+    units = (e.get("hardware") or {}).get("summary")  # CPU class and units (utils/hardware.py)
     return (f"machine: {e.get('cpu')} ({e.get('cpu_count')} cpus, {e.get('torch_threads')} torch threads){gpu}; "
-            f"date: {e.get('date')}; commit: {commit}; torch {(e.get('versions') or {}).get('torch')}")
+            + (f"CPU units: {units}; " if units else "")
+            + f"date: {e.get('date')}; commit: {commit}; torch {(e.get('versions') or {}).get('torch')}")
 
 
 _LONG_TEXT = ("equivalent", "command")
