@@ -17,7 +17,7 @@ from sparseft.load.data import TaskData
 from sparseft.report.card import Report
 from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import atomic_write_text
-from sparseft.utils.outdir import prepare_output_dir
+from sparseft.utils.outdir import prepare_output_dir, run_owner as run_owner_of
 from sparseft.utils.seed import seed_everything
 
 
@@ -67,7 +67,7 @@ def load_context(recipe: Recipe, *, title: str | None = None) -> RunContext:
 
 def run_owner(recipe: Recipe) -> str:
     """Who a run folder belongs to: the recipe's stage list (a rerun or resume matches it)."""
-    return "run:" + "+".join(s.method for s in recipe.stages)
+    return run_owner_of([s.method for s in recipe.stages])
 
 
 def prepare_run_dir(recipe: Recipe, *, overwrite: bool = False) -> Path:

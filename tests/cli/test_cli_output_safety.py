@@ -46,3 +46,16 @@ def test_diff_apply_refuses_an_existing_run_and_its_own_input(run_dir, diff_dir,
     assert main(["diff", "apply", str(diff_dir), "--model", model, "--output", str(tmp_path / "a")]) == 0
     fails(["diff", "compose", str(diff_dir), "--output", str(tmp_path / "a")],
           "another sparseft command (diff apply, not diff compose)")
+
+
+def test_quantize_and_chat_sft_refuse_a_foreign_folder_before_any_work(run_dir, tiny_llama_dir, tmp_path, fails):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    fails(["quantize", "--model", str(run_dir / "model"), "--output-dir", str(mine), "--no-cost"],
+          f"output folder {mine} is not empty and was not written by sparseft")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text('{"prompt": "what is paris", "response": "a city"}\n' * 8)
+    fails(["chat-sft", "--model", str(tiny_llama_dir), "--train", str(chat), "--output-dir", str(mine)],
+          "not written by sparseft")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

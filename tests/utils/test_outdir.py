@@ -92,3 +92,20 @@ def test_replace_dir_keeps_the_old_folder_on_a_full_disk(tmp_path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert (target / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temporary folder left behind
+
+
+def test_folders_from_before_the_marker_are_recognised(tmp_path):
+    import yaml
+
+    run = tmp_path / "old_run"  # what a pre-marker `sparseft train` left
+    (run / "model").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"stages": [{"method": "train"}, {"method": "save"}]}))
+    (run / "model" / "sparseft_data.json").write_text("{}")
+    prepare_output_dir(run, owner="run:train+save")                 # resume of the same recipe
+    (run / MARKER).unlink()
+    with pytest.raises(OutputDirError, match=r"\(run:train\+save, not run:prune\)"):
+        prepare_output_dir(run, owner="run:prune")
+    check_output_dir(run / "model", replace=True)                   # library save of an old artifact
+    with pytest.raises(OutputDirError, match="an earlier sparseft version, not export"):
+        check_output_dir(run / "model", owner="export", replace=True)

@@ -39,13 +39,38 @@ class OutputDirError(ValueError):
     """The output folder cannot or must not be written (the message names it and the way out)."""
 
 
+def run_owner(stage_methods: Sequence[str]) -> str:
+    """The owner of a run folder: its recipe's stage list, e.g. 'run:train+eval+save'."""
+    return "run:" + "+".join(stage_methods)
+
+
 def read_marker(path: PathLike) -> dict | None:
-    """The marker of the folder `path` itself, or None."""
+    """The marker of the folder `path` itself (or what a pre-marker sparseft left), or None."""
     try:
         data = json.loads((Path(path) / MARKER).read_text())
     except (OSError, ValueError):
-        return None
+        return _legacy_marker(Path(path))
     return data if isinstance(data, dict) and data.get("producer") == "sparseft" else None
+
+
+def _legacy_marker(path: Path) -> dict | None:
+    """Folders written before the marker existed: a run folder (its recipe.yaml names the
+    stages, so the owner is known) or an artifact with sparseft's own files (owner unknown)."""
+    recipe = path / "recipe.yaml"
+    if recipe.is_file() and ((path / "metrics.json").exists() or (path / "log.jsonl").exists()):
+        import yaml
+
+        try:
+            stages = (yaml.safe_load(recipe.read_text()) or {}).get("stages") or []
+            methods = [s["method"] for s in stages]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+            return None
+        return {"producer": "sparseft", "owner": run_owner(methods), "legacy": True}
+    signatures = {"manifest.json": '"sparseft.sparse_diff"', "compression_config.json": '"producer": "sparseft"'}
+    found = any(path.glob("sparseft_*.json")) or any(
+        (path / name).is_file() and text in (path / name).read_text(errors="replace")
+        for name, text in signatures.items())
+    return {"producer": "sparseft", "owner": None, "legacy": True} if found else None
 
 
 def nearest_marker(path: PathLike) -> dict | None:
@@ -94,9 +119,10 @@ def check_output_dir(path: PathLike, *, owner: str | None = None, overwrite: boo
                                  f"choose another folder or pass --overwrite (overwrite=True) to replace "
                                  f"what it holds")
         if owner is not None and marker.get("owner") != owner:
+            theirs = marker.get("owner") or ("an earlier sparseft version" if marker.get("legacy") else "a library call")
             raise OutputDirError(f"output folder {p} holds the output of another sparseft command "
-                                 f"({marker.get('owner') or 'a library call'}, not {owner}); choose another "
-                                 f"folder or pass --overwrite (overwrite=True) to replace it")
+                                 f"({theirs}, not {owner}); choose another folder or pass --overwrite "
+                                 f"(overwrite=True) to replace it")
     _check_writable(target.parent if replace else target)
     return p
 
