@@ -61,3 +61,21 @@ def test_truncated_diff_is_one_line_naming_the_file(run_dir, diff_dir, tmp_path,
     st.write_bytes(st.read_bytes()[:64])
     fails(["diff", "apply", str(diff_dir), "--model", str(run_dir / "model"), "--output", str(tmp_path / "a")],
           f"{st}: cannot read the tensors, the file is truncated or corrupt")
+
+
+def test_full_disk_while_saving_the_trained_model_is_one_line(tiny_bert_dir, data, tmp_path, fails, monkeypatch):
+    import errno
+    import os
+
+    import transformers.modeling_utils
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)  # save_pretrained's writer
+    train, dev = data
+    out = tmp_path / "r"
+    fails(["train", "--model", str(tiny_bert_dir), "--train", str(train), "--eval", str(dev), "--epochs", "1",
+           "--batch-size", "8", "--output-dir", str(out), "--no-cost", "-o", "progress=false"],
+          f"cannot write {out / 'model'}: No space left on device")
+    assert not (out / "model").exists()
