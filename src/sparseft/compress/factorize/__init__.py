@@ -13,7 +13,7 @@ are small dense matrices (see docs/factorization.md).
   calibrate.py  calibration statistics (X^T X, mean |x|) and row Fisher from task gradients
   layer.py      FactorizedLinear (two nn.Linear children), merge_factorized_
   api.py        factorize_ = plan_factorization + apply_plan_
-  artifact.py   save_factorized / load_factorized (a folder plain transformers refuses)
+  artifact.py   what a saved folder records (config.json) and how each loading path treats it
   stage.py      recipe stages `factorize` and `factorize_finetune`
 """
 

@@ -32,6 +32,7 @@ from sparseft.compress.factorize.ranks import (Spectrum, energy_rank, global_ran
                                                uniform_rank)
 from sparseft.compress.quantize.layers import set_module, shared_weight_users
 from sparseft.config.targets import TargetSpec, matches, select_modules
+from sparseft.utils.swaps import record_swaps_
 from sparseft.registry import REGISTRY
 
 
@@ -159,6 +160,7 @@ def apply_plan_(model: nn.Module, plan: FactorizationPlan, *, progress: bool = T
         up, down = factors(layer.weight, plan.weightings[lp.name], lp.rank)
         set_module(model, lp.name, FactorizedLinear.from_factors(up, down, layer.bias, like=layer))
     record_factorization_(model, plan.method, plan.config)
+    record_swaps_(model)       # config.json's quantization_config: from_pretrained rebuilds the layers
 
 
 def factorize_(model: nn.Module, config, *, batches: Iterable[dict] | None = None, progress: bool = True) -> None:

@@ -9,11 +9,12 @@ on them unchanged: the optimizer and the sparse fine-tuning engine train them, `
 formed in `forward`; `merge_factorized_(model)` forms it once to give back plain nn.Linear layers
 of the original shapes, for runtimes that need them.
 
-Saved with `save_pretrained`, a factorized layer also writes an empty `<fqn>.weight` tensor
-(a guard): plain transformers, which expects `<fqn>.weight` of shape [out, in], then stops with a
-size-mismatch error instead of initialising the layer at random (it would otherwise drop the
-unknown `up` / `down` tensors with only a LOAD REPORT). sparseft's loader (artifact.py) drops
-the guard again.
+Saving follows sparseft's swapped-module protocol (utils/swaps.py): `swap_spec()` describes the
+layer (shapes, rank, and the spec of a factor that was itself swapped, e.g. quantized) and
+`record_swaps_` writes it into config.json's quantization_config, so after `import sparseft`
+`from_pretrained` rebuilds the layer (`from_swap_spec`) and loads the factors. The save guard
+(an empty `<fqn>.weight` tensor) makes plain transformers, which expects `<fqn>.weight` of shape
+[out, in], stop with a size-mismatch error instead of initialising the layer at random.
 """
 
 from __future__ import annotations
@@ -22,19 +23,31 @@ import torch
 import torch.nn as nn
 
 from sparseft.compress.quantize.layers import set_module
+from sparseft.utils.swaps import GUARD, record_swaps_
 
-GUARD = "weight"   # the tensor name plain transformers expects for this layer
+FACTORS = ("down", "up")
 
 
 def _add_guard(module, state_dict, prefix, local_metadata) -> None:
-    state_dict[prefix + GUARD] = torch.empty(0, dtype=torch.uint8)
+    """The save guard (utils/swaps.py), except on a skeleton: from_pretrained builds the layer on
+    the meta device and lists the tensors to fill from its state dict, where a guard has no place."""
+    if not any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+        state_dict[prefix + GUARD] = torch.empty(0, dtype=torch.uint8)
 
 
-def _drop_guard(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                error_msgs) -> None:
+def _drop_guard(module, state_dict, prefix, *args) -> None:
     guard = state_dict.get(prefix + GUARD)
     if guard is not None and guard.numel() == 0:
         del state_dict[prefix + GUARD]
+
+
+def _drop_factor_guards(module, state_dict, prefix, local_metadata) -> None:
+    """A swapped factor's own guard (`<fqn>.up.weight`, empty) is redundant under the layer's."""
+    for name in FACTORS:
+        key = f"{prefix}{name}.{GUARD}"
+        t = state_dict.get(key)
+        if t is not None and t.numel() == 0 and not isinstance(getattr(module, name), nn.Linear):
+            del state_dict[key]
 
 
 class FactorizedLinear(nn.Module):
@@ -49,7 +62,34 @@ class FactorizedLinear(nn.Module):
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
         self.register_state_dict_post_hook(_add_guard)
+        self.register_state_dict_post_hook(_drop_factor_guards)
         self.register_load_state_dict_pre_hook(_drop_guard)
+        self._sparseft_save_guard = True          # record_swaps_ then adds no second guard
+
+    def swap_spec(self) -> dict:
+        """Constructor arguments, plus the swap spec of each factor that is not a plain Linear."""
+        spec = {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,
+                "bias": getattr(self.up, "bias", None) is not None}
+        for name in FACTORS:
+            child = getattr(self, name)
+            if not isinstance(child, nn.Linear):
+                cls = type(child)
+                spec[name] = {"type": cls.__name__, "class": f"{cls.__module__}.{cls.__qualname__}",
+                              **child.swap_spec()}
+        return spec
+
+    @classmethod
+    def from_swap_spec(cls, spec: dict, current: nn.Module, shapes: dict) -> "FactorizedLinear":
+        """An empty layer as recorded (swapped factors rebuilt with the shapes stored for them)."""
+        dtype = getattr(getattr(current, "weight", None), "dtype", None)
+        dtype = dtype if dtype is not None and dtype.is_floating_point else None
+        layer = cls(spec["in_features"], spec["out_features"], spec["rank"], bias=spec["bias"], dtype=dtype)
+        for name in FACTORS:
+            if isinstance(spec.get(name), dict):
+                from sparseft.export.hf_quantizer import build_module  # lazy: the one builder of swapped modules
+
+                setattr(layer, name, build_module(name, spec[name], getattr(layer, name), shapes))
+        return layer
 
     @classmethod
     @torch.no_grad()
@@ -119,6 +159,8 @@ def merge_factorized_(model: nn.Module) -> int:
     config = getattr(model, "config", None)
     if layers and config is not None and hasattr(config, "sparseft_factorization"):
         del config.sparseft_factorization      # the merged model is a plain dense model again
+    if layers:
+        record_swaps_(model)
     return len(layers)
 
 
