@@ -126,13 +126,6 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
     if artifact_kind(name) in SPECIAL:  # diff / adapter / compressed folders (load/artifacts.py)
         return load_artifact(name, task, labels=labels, dtype=dtype, trust_remote_code=trust_remote_code)
     src = resolve_model(name)
-    from sparseft.compress.factorize.artifact import folder_factorization, load_factorized  # lazy: a plug-in format
-    if src.gguf_file is None and Path(src.path).is_dir() and folder_factorization(src.path):
-        model = load_factorized(src.path, dtype=dtype)   # from_pretrained would refuse it (size-mismatch guards)
-        if task != "lm" and labels and model_labels(model) != list(labels):
-            raise ValueError(f"{name} is a factorized model predicting {model_labels(model)}; "
-                             f"the data has {list(labels)}")
-        return model
     kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32,
                     "output_loading_info": True}  # missing tensors are refused, not random-initialised
     if src.gguf_file:
@@ -145,6 +138,11 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
                                                      if k not in ("dtype", "output_loading_info")})
     found = getattr(config, "id2label", None) or {}
     found = [found[i] for i in sorted(found)]
+    suffix = "ForTokenClassification" if task == "ner" else "ForSequenceClassification"
+    # a fresh head is allowed only when asked for: labels given, and new (another label set, or a
+    # checkpoint that is no such task model: an encoder); taking the checkpoint's labels means its head
+    new_head = bool(labels) and (list(labels) != found or
+                                 not any(a.endswith(suffix) for a in getattr(config, "architectures", None) or []))
     if not labels:
         labels = found
         if not labels or all(str(v).startswith("LABEL_") for v in labels):
@@ -159,8 +157,7 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
     # ignore_mismatched_sizes: a checkpoint whose head has another label count gets a fresh head.
     model, info = auto.from_pretrained(src.path, num_labels=len(labels), id2label=id2label, label2id=label2id,
                                        ignore_mismatched_sizes=True, **kwargs)
-    # a fresh head is only allowed when the labels are new (another label set than the checkpoint's)
-    check_loading_info(name, model, info, new_head=found != labels)
+    check_loading_info(name, model, info, new_head=new_head)
     return finish_loaded(model)
 
 
