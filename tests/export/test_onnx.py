@@ -83,3 +83,12 @@ def test_refuses_quantized_decoder_and_half(exported, tiny_llama_dir, tmp_path):
     with pytest.raises(ValueError, match="unquantized model"):
         export_onnx(bert_ner, tmp_path / "c")
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_never_replaces_a_folder_sparseft_did_not_write(exported, tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="overwrite"):
+        export_onnx(exported[0], foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"

@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 
 from sparseft.utils.hardware import CpuInfo, detect
-from sparseft.utils.io import atomic_dir, atomic_write_json, dir_size_bytes
+from sparseft.utils.io import atomic_write_json, dir_size_bytes
+from sparseft.utils.outdir import replace_dir
 
 ONNX_NAME = "model.onnx"
 INT8_NAME = "model_int8.onnx"
@@ -111,7 +112,8 @@ def compare_with_torch(model: nn.Module, path: Path, *, batch: int = 3, seq: int
 
 
 def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, int8: bool = False,
-                opset: int | None = None, hw: CpuInfo | None = None, verify: bool = True) -> dict[str, Any]:
+                opset: int | None = None, hw: CpuInfo | None = None, verify: bool = True,
+                overwrite: bool = False, owner: str | None = None) -> dict[str, Any]:
     """Write `model` (an fp32 encoder) as ONNX into `directory` (replaced atomically); returns stats.
 
     Args:
@@ -119,6 +121,8 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, int8
         opset: ONNX opset (default: the exporter's).
         hw: the CPU the int8 model is meant for (default: this one; see `int8_settings`).
         verify: reload both files in onnxruntime and compare logits with torch.
+        overwrite / owner: a non-empty folder sparseft did not write is refused unless
+            overwrite=True (see `sparseft.utils.outdir`).
     Returns:
         {"path", "onnx_bytes", "int8_bytes", "export_seconds", "verify": {"fp32": ..., "int8": ...}, ...}
     """
@@ -131,7 +135,7 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, int8
     meta: dict[str, Any] = {"inputs": list(INPUTS), "outputs": ["logits"], "exporter": "torch.onnx dynamo",
                             "opset": opset, "torch": torch.__version__}
     t0 = time.perf_counter()
-    with atomic_dir(directory) as tmp:
+    with replace_dir(directory, owner=owner, overwrite=overwrite) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # axis-renaming and deprecation chatter of the exporter
             torch.onnx.export(_Logits(model), (), str(tmp / ONNX_NAME), kwargs=example, dynamo=True,
