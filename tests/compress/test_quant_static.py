@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from sparseft.compress.quantize import DynamicInt8Config, StaticInt8Config, StaticInt8Linear, quantize_
+from sparseft.compress.quantize import (DynamicInt8Config, StaticInt8Config, StaticInt8Linear, quantize_,
+                                        quantized_summary)
 from sparseft.compress.quantize.dynamic import onednn_available
 
 BACKENDS = ["int_mm"] + (["onednn"] if onednn_available() else [])
@@ -40,7 +41,7 @@ def test_calibrated_model_close_to_fp32_and_dynamic(bert_ner, make_batches, obse
     quantize_(bert_ner, StaticInt8Config(observer=observer), batches=batches)
     quantize_(dyn, DynamicInt8Config(backend="int_mm"))
     layers = [m for m in bert_ner.modules() if isinstance(m, StaticInt8Linear)]
-    assert len(layers) == 12 and all(m.input_range[0] <= 0 <= m.input_range[1] for m in layers)
+    assert len(layers) == 12 and quantized_summary(bert_ner)["quantized_layers"] == {"static_int8": 12} and all(m.input_range[0] <= 0 <= m.input_range[1] for m in layers)
     with torch.no_grad():
         out, dout = bert_ner(**ids).logits, dyn(**ids).logits
     keep = ids["attention_mask"].bool()

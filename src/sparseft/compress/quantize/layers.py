@@ -242,12 +242,14 @@ def default_ignore() -> list[str]:
 def quantized_summary(model: nn.Module) -> dict:
     """Counts of quantized layers by method and the bytes their codes + side tensors take."""
     from sparseft.compress.quantize.dynamic import DynamicInt8Linear  # local: avoid a cycle
+    from sparseft.compress.quantize.static import StaticInt8Linear
 
     counts: dict[str, int] = {}
     nbytes, weights = 0, 0
     for module in model.modules():
-        if isinstance(module, (QuantLinear, QuantEmbedding, DynamicInt8Linear)):
-            name = "dynamic_int8" if isinstance(module, DynamicInt8Linear) else module.method
+        if isinstance(module, (QuantLinear, QuantEmbedding, DynamicInt8Linear, StaticInt8Linear)):
+            name = ("dynamic_int8" if isinstance(module, DynamicInt8Linear) else
+                    "static_int8" if isinstance(module, StaticInt8Linear) else module.method)
             name += "_embedding" if isinstance(module, QuantEmbedding) else ""
             counts[name] = counts.get(name, 0) + 1
             shape = ((module.num_embeddings, module.embedding_dim) if isinstance(module, QuantEmbedding)
