@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py all
 	$(PY) benchmarks/bench_sft.py run
 	$(PY) benchmarks/bench_quant.py
+	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_prune.py
 	$(PY) benchmarks/bench_factorize.py
 	$(PY) benchmarks/bench_chat.py
