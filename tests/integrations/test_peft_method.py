@@ -230,3 +230,18 @@ def test_embedding_targets_train_sparsely_and_save_without_the_matrix(tiny_llama
     model.save_pretrained(tmp_path / "ad", save_embedding_layers=False)
     saved = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
     assert saved and all("sparseft_" in k for k in saved)
+
+
+@pytest.mark.parametrize("mask,options", [("fisher", {"n_batches": 2}), ("lottery", {"steps": 2, "lr": 1e-2})])
+def test_data_driven_selection_matches_select_masks(tiny_bert_dir, mask, options):
+    from sparseft.masks.select import mask_config
+
+    batches = [batch(seed=s) for s in range(2)]
+    want = select_masks(base(tiny_bert_dir), mask_config(mask, density=0.05, **options), batches=batches)
+    model = get_peft_model(base(tiny_bert_dir), SparseFTConfig(density=0.05, mask=mask, mask_options=options,
+                                                               task_type="TOKEN_CLS"))
+    select_sparseft_masks_(model, batches=batches)
+    for name, layer in sparseft_layers(model).items():
+        got = torch.zeros(want[name].numel(), dtype=torch.bool)
+        got[layer.sparseft_indices["default"]] = True
+        assert torch.equal(got.view(want[name].shape), want[name]), name

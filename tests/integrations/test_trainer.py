@@ -58,7 +58,8 @@ def changed_only_at_selected(merged, base_params, layers_idx):
             assert not diff.any(), f"{name} is not targeted but changed"
 
 
-@pytest.mark.parametrize("mask,options", [("magnitude", {}), ("fisher", {"n_batches": 2})])
+@pytest.mark.parametrize("mask,options", [("magnitude", {}), ("fisher", {"n_batches": 2}),
+                                          ("lottery", {"steps": 3, "lr": 1e-2})])
 def test_trainer_trains_only_masked_entries_and_checkpoints_hold_only_sparse_state(tiny_bert_dir, tmp_path,
                                                                                   mask, options):
     base = ner_model(tiny_bert_dir, LABELS, seed=0)

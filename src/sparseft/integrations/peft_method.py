@@ -170,13 +170,25 @@ def select_sparseft_masks_(model: nn.Module, *, batches: Iterable[dict] | None =
                          f"add SparseFTCallback() to its callbacks")
     layers = sparseft_layers(model, adapter_name)
     params = {name: layer.get_base_layer().weight for name, layer in layers.items()}
+    # mask methods key parameters by the names `model` itself uses (lottery rewinds by name)
+    model_names = {id(p): n for n, p in model.named_parameters()}
+    wrapped = {plain: model_names[id(w)] for plain, w in params.items()}
+    # selection sees the model as select_masks sees a plain one: every parameter trainable (the
+    # lottery's dense phase is full fine-tuning; fisher switches to the targets itself)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(True)
     for layer in layers.values():
         layer.selecting = True
     try:
-        scores = method.apply_fn(model, params, cfg, batches=batches, loss_fn=loss_fn or default_loss)
+        scores = method.apply_fn(model, {wrapped[n]: w for n, w in params.items()}, cfg, batches=batches,
+                                 loss_fn=loss_fn or default_loss)
     finally:
         for layer in layers.values():
             layer.selecting = False
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    scores = {plain: scores[name] for plain, name in wrapped.items()}
     masks = masks_from_scores({n: scores[n] for n in params}, budget_quotas(params, cfg), cfg.allocation)
     for name, layer in layers.items():
         layer.set_indices(adapter_name, torch.nonzero(masks[name].reshape(-1)).reshape(-1))
