@@ -26,8 +26,15 @@ def python_block(section: str) -> str:
 
 @pytest.fixture
 def model_dir(tiny_bert_dir, tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState, GradientState
+
+    # a fresh accelerate runtime for each snippet (Trainer and sparseft's loop both set it up)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     monkeypatch.chdir(tmp_path)
-    return str(tiny_bert_dir)
+    yield str(tiny_bert_dir)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def test_quick_tour_runs(model_dir, tmp_path):
