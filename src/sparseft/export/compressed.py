@@ -20,8 +20,13 @@ code per byte), `<fqn>.weight_scale`, `<fqn>.weight_zero_point` and our `<fqn>.w
 tensor stored as a bitmask becomes `<name>.bitmask` (uint8 [rows, ceil(cols/8)], LSB first)
 plus `<name>.compressed` (the entries that are not zero, row-major; for integer codes "zero"
 is the code that decodes to 0, which is then restored on load). The byte layouts are ours
-(compressed-tensors packs int4 into int32 and adds row_offsets), so the folder is not claimed to
-load in vLLM; only `load_compressed` reads it.
+(compressed-tensors packs int4 into int32 and adds row_offsets). `layout` (export/compressed_layout.py)
+decides what config.json says: where compressed-tensors can express the model (symmetric int8 /
+int4 QuantLinear layers, no bitmask tensors) the quantized layers are written in its
+pack-quantized format instead, so plain transformers + compressed-tensors loads the folder;
+otherwise `from_pretrained` refuses it loudly and `load_compressed` / `sparseft.load` read it.
+Format 2 (this writer) stores dynamic int8 codes as `<fqn>.weight_int8`; format 1 folders
+(`<fqn>.weight`) still load.
 
 `sparse="auto"` stores a 2-D tensor as a bitmask only where that is smaller: with b-bit values
 that is below a density of 1 - 1/b (87.5% for int8, 75% for int4, 97% for fp32).
@@ -42,9 +47,11 @@ from sparseft.compress.quantize.dynamic import DynamicInt8Linear, resolve_backen
 from sparseft.compress.quantize.layers import QuantEmbedding, QuantLinear, set_module
 from sparseft.compress.quantize.pack import (expand_groups, pack_bitmask, pack_codes, storage_bits,
                                              unpack_bitmask, unpack_codes)
-from sparseft.utils.io import atomic_dir, atomic_write_json, dir_size_bytes
+from sparseft.utils.io import atomic_write_json, dir_size_bytes
+from sparseft.utils.outdir import replace_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "compression_config.json"
 WEIGHTS_NAME = "model.safetensors"
 SPARSE_MODES = ("auto", "always", "never")
@@ -53,7 +60,7 @@ FLOAT_DTYPES = {"keep": None, "float16": torch.float16, "bfloat16": torch.bfloat
 _QUANT_NAMES = {"qweight": "weight_packed", "scale": "weight_scale", "zero": "weight_zero_point",
                 "codebook": "weight_codebook", "outlier_index": "weight_outlier_index",
                 "outlier_value": "weight_outlier_value", "bias": "bias"}
-_DYN_NAMES = {"weight_int8": "weight", "weight_scale": "weight_scale", "bias": "bias"}
+_DYN_NAMES = {"weight_int8": "weight_int8", "weight_scale": "weight_scale", "bias": "bias"}
 
 
 def _full_zero_code(module, rows: int, cols: int) -> torch.Tensor:
@@ -167,7 +174,8 @@ def _config_groups(modules: dict[str, dict], model: nn.Module) -> dict:
 
 @torch.no_grad()
 def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None, sparse: str = "auto",
-                      float_dtype: str = "keep") -> dict[str, Any]:
+                      float_dtype: str = "keep", overwrite: bool = False, owner: str | None = None,
+                      layout: str = "auto") -> dict[str, Any]:
     """Write `model` as a compressed checkpoint folder (replaced atomically); returns size stats.
 
     Args:
@@ -176,6 +184,9 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
         tokenizer: saved alongside when given.
         sparse: 'auto' (bitmask where smaller), 'always' (every 2-D tensor) or 'never'.
         float_dtype: 'keep', 'float16' or 'bfloat16' for the tensors that are not quantized.
+        overwrite / owner: a non-empty folder sparseft did not write is refused unless
+            overwrite=True (see `sparseft.utils.outdir`).
+        layout: 'auto', 'compressed-tensors' or 'sparseft' (see export/compressed_layout.py).
     Returns:
         {"path", "weights_bytes", "size_bytes", "fp32_bytes", "compression_ratio",
          "global_sparsity", "quantized_modules", "sparse_tensors"}; fp32_bytes is 4 bytes per
@@ -183,6 +194,12 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
     """
     from safetensors.torch import save_file
 
+    from sparseft.export.compressed_layout import (LAYOUTS, choose_layout, layout_quant_config, layout_tensors,
+                                                   write_model_config)
+    from sparseft.utils.swaps import GUARD
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if sparse not in SPARSE_MODES:
         raise ValueError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
     if float_dtype not in FLOAT_DTYPES:
@@ -197,6 +214,7 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
         if not isinstance(module, (QuantLinear, QuantEmbedding, DynamicInt8Linear)):
             continue
         modules[fqn] = _quant_module_entry(module)
+        covered.add(f"{fqn}.{GUARD}")  # the empty save guard of swapped modules (utils/swaps.py)
         names = _DYN_NAMES if isinstance(module, DynamicInt8Linear) else _QUANT_NAMES
         for attr, tensor in [*module.named_buffers(recurse=False), *module.named_parameters(recurse=False)]:
             covered.add(f"{fqn}.{attr}")
@@ -225,8 +243,10 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
         fp32_bytes += tensor.numel() * (4 if tensor.is_floating_point() else tensor.element_size())
     sparse_tensors = sum(e["format"] == "sparse-bitmask" for e in writer.entries.values())
     global_sparsity = writer.zeros / writer.entries_2d if writer.entries_2d else 0.0
+    chosen = choose_layout(model, layout, writer.entries, modules)
     meta = {
         "format_version": FORMAT_VERSION, "producer": "sparseft", "architecture": type(model).__name__,
+        "layout": chosen,
         "tensors": writer.entries, "modules": modules, "tied": tied,
         "quantization_config": ({"quant_method": "sparseft", "quantization_status": "compressed",
                                  "format": sorted({m["format"] for m in modules.values()}),
@@ -237,16 +257,23 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
                             "ignore": []},
     }
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        model.config.save_pretrained(tmp)
-        save_file(writer.tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "producer": "sparseft"})
+    with replace_dir(directory, owner=owner, overwrite=overwrite) as tmp:
+        write_model_config(model, tmp, layout_quant_config(model, chosen))
+        save_file(layout_tensors(model, chosen, writer.tensors, writer.entries, modules), str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", "producer": "sparseft"})
         atomic_write_json(tmp / CONFIG_NAME, meta)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        from sparseft.export.artifact_cards import write_folder_card
+
+        write_folder_card(tmp, model, layout=chosen, where=str(directory),
+                          extra={"quantized modules": len(modules), "bitmask tensors": sparse_tensors,
+                                 "global sparsity": round(global_sparsity, 4)})
     weights_bytes = (directory / WEIGHTS_NAME).stat().st_size
     return {"path": str(directory), "weights_bytes": weights_bytes, "size_bytes": dir_size_bytes(directory),
             "fp32_bytes": fp32_bytes, "compression_ratio": fp32_bytes / weights_bytes,
-            "global_sparsity": global_sparsity, "quantized_modules": len(modules), "sparse_tensors": sparse_tensors}
+            "global_sparsity": global_sparsity, "quantized_modules": len(modules), "sparse_tensors": sparse_tensors,
+            "layout": chosen}
 
 
 def _decode(name: str, entry: dict, stored: dict[str, torch.Tensor], zero_code: torch.Tensor | None = None
@@ -287,7 +314,7 @@ def _build_quant_module(fqn: str, entry: dict, meta: dict, stored: dict[str, tor
             backend = "auto"
         layer = DynamicInt8Linear(entry["in_features"], entry["out_features"], bias=entry["bias"],
                                   backend=backend)
-        layer.weight_int8.copy_(get("weight"))
+        layer.weight_int8.copy_(get("weight_int8" if meta["format_version"] >= 2 else "weight"))
         layer.weight_scale.copy_(get("weight_scale"))
         if layer.bias is not None:
             layer.bias.copy_(get("bias"))
@@ -313,22 +340,29 @@ def load_compressed(directory: str | Path, *, device: str | torch.device = "cpu"
     and every other tensor is loaded; a missing or unexpected tensor is an error.
     """
     import transformers
-    from safetensors.torch import load_file
+
+    from sparseft.utils.tensorfile import load_tensors
 
     directory = Path(directory)
     cfg_path = directory / CONFIG_NAME
     if not cfg_path.exists():
         raise FileNotFoundError(f"{directory} is not a compressed checkpoint: no {CONFIG_NAME}")
     meta = json.loads(cfg_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{cfg_path}: format_version {meta.get('format_version')!r} is not supported "
-                         f"(this sparseft reads {FORMAT_VERSION})")
+                         f"(this sparseft reads {READABLE_VERSIONS})")
     arch = getattr(transformers, meta["architecture"], None)
     if arch is None:
         raise ValueError(f"architecture {meta['architecture']!r} is not a transformers class")
     config = transformers.AutoConfig.from_pretrained(directory)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # the layout's loader entry; the model built here is described anew
     model = arch(config)
-    stored = load_file(str(directory / WEIGHTS_NAME))
+    stored = load_tensors(directory / WEIGHTS_NAME)  # one-line error naming a truncated file
+    if meta.get("layout") == "compressed-tensors":
+        from sparseft.export.compressed_tensors import to_sparseft_tensors
+
+        stored = to_sparseft_tensors(stored, meta)
     for fqn, entry in meta["modules"].items():
         set_module(model, fqn, _build_quant_module(fqn, entry, meta, stored))
     quant_prefixes = tuple(f"{fqn}." for fqn in meta["modules"])
@@ -347,4 +381,7 @@ def load_compressed(directory: str | Path, *, device: str | torch.device = "cpu"
     for alias, source in meta.get("tied", {}).items():  # tied when exported; usually tied again here
         if alias in current and source in state and current[alias] is not current.get(source):
             current[alias].data.copy_(state[source])
+    from sparseft.utils.swaps import record_swaps_
+
+    record_swaps_(model)  # save_pretrained of the loaded model then reloads right (utils/swaps.py)
     return model.to(device).eval()

@@ -129,6 +129,21 @@ def _build_by_protocol(fqn: str, spec: dict, current: nn.Module, shapes: dict) -
     return cls(**args)
 
 
+def _model_fqn(model: nn.Module, fqn: str) -> str:
+    """`fqn` as named in `model`: a head model's checkpoint loaded into its base model drops the
+    base prefix (`bert.`), a base checkpoint loaded into a head model gains it (as transformers
+    renames the weights)."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    for candidate in (fqn, fqn.removeprefix(f"{prefix}.") if prefix else fqn, f"{prefix}.{fqn}" if prefix else fqn):
+        try:
+            model.get_submodule(candidate)
+            return candidate
+        except AttributeError:
+            continue
+    raise ValueError(f"sparseft checkpoint: config.json lists module {fqn!r}, which {type(model).__name__} "
+                     f"does not have")
+
+
 def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
     parent_name, _, child = fqn.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
@@ -159,13 +174,10 @@ class SparseftHfQuantizer(HfQuantizer):
         shapes = _header_shapes(checkpoint_files)
         ignore = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
         for fqn, spec in self.quantization_config.modules.items():
-            try:
-                current = model.get_submodule(fqn)
-            except AttributeError:
-                raise ValueError(f"sparseft checkpoint: config.json lists module {fqn!r}, which "
-                                 f"{type(model).__name__} does not have") from None
-            _set_module(model, fqn, build_module(fqn, spec, current, shapes))
-            ignore.add(rf"^{re.escape(fqn)}\.{GUARD}$")
+            target = _model_fqn(model, fqn)
+            # shapes are looked up under the checkpoint's name, the module is set under the model's
+            _set_module(model, target, build_module(fqn, spec, model.get_submodule(target), shapes))
+            ignore.add(rf"(^|\.){re.escape(target)}\.{GUARD}$")
         model._keys_to_ignore_on_load_unexpected = ignore
         return model
 
@@ -173,7 +185,7 @@ class SparseftHfQuantizer(HfQuantizer):
         from sparseft.utils.swaps import add_save_guard
 
         for fqn in self.quantization_config.modules:
-            add_save_guard(model.get_submodule(fqn))  # a re-save is guarded like the original
+            add_save_guard(model.get_submodule(_model_fqn(model, fqn)))  # a re-save is guarded like the original
         return model
 
     def is_serializable(self) -> bool:

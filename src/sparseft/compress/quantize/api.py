@@ -20,6 +20,7 @@ from typing import Iterable
 import torch
 
 from sparseft.registry import REGISTRY
+from sparseft.utils.swaps import record_swaps_
 
 
 def needs_batches(config) -> bool:
@@ -35,6 +36,10 @@ def quantize_(model: torch.nn.Module, config, *, batches: Iterable[dict] | None 
         model: a transformers model (its targeted nn.Linear layers are replaced).
         config: RTNConfig, NF4Config, KMeansConfig, DynamicInt8Config, GPTQConfig, ...
         batches: calibration batches, required when `needs_batches(config)`.
+
+    Example:
+        >>> quantize_(model, RTNConfig(bits=8))                                      # doctest: +SKIP
+        >>> quantize_(model, GPTQConfig(bits=4), batches=calibration_batches)        # doctest: +SKIP
     """
     method = REGISTRY.for_config(config)
     if method.kind != "quantize":
@@ -49,3 +54,4 @@ def quantize_(model: torch.nn.Module, config, *, batches: Iterable[dict] | None 
         method.apply_fn(model, config, batches=batches)
     finally:
         model.train(was_training)
+        record_swaps_(model)  # config.json then says how to rebuild the quantized layers

@@ -41,6 +41,7 @@ import torch.nn as nn
 from sparseft.compress.quantize.layers import check_targets, default_ignore, set_module, target_linears
 from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
+from sparseft.utils.swaps import add_save_guard
 
 BACKENDS = ("auto", "onednn", "int_mm", "fbgemm")
 
@@ -88,6 +89,7 @@ class DynamicInt8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._packed: torch.Tensor | None = None
         self._packed_key: tuple | None = None
+        add_save_guard(self)  # save_pretrained folders: see sparseft.utils.swaps
 
     @classmethod
     @torch.no_grad()
@@ -161,6 +163,11 @@ class DynamicInt8Linear(nn.Module):
         acc = torch._int_mm(xq, self.weight_int8.t())                         # [M, out] int32
         y = acc.float() * s * self.weight_scale.float()
         return y if self.bias is None else y + self.bias.float()
+
+    def swap_spec(self) -> dict:
+        """Constructor arguments, recorded in config.json by sparseft.utils.swaps.record_swaps_."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "backend": self.backend}
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"

@@ -1,0 +1,146 @@
+"""Folder kinds are recognised and loaded right; checkpoints with missing tensors are refused;
+GGUF models save after loading; compressed folders evaluate through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import sparseft  # noqa: F401
+from sparseft.compress.quantize import RTNConfig, quantize_
+from sparseft.export.compressed import export_compressed
+from sparseft.load.artifacts import artifact_kind, tokenizer_source
+from sparseft.load.model import load_model, load_tokenizer
+
+LABELS = ["O", "B-PER", "I-PER"]
+
+
+@pytest.fixture
+def ner(tiny_bert_dir):
+    torch.manual_seed(0)
+    return load_model(str(tiny_bert_dir), "ner", labels=LABELS).eval()
+
+
+def test_kinds(ner, tmp_path, tiny_bert_dir):
+    ner.save_pretrained(tmp_path / "dense")
+    assert artifact_kind(str(tmp_path / "dense")) == "model"
+    assert artifact_kind("minilm") == "model"
+    quantize_(ner, RTNConfig(bits=4, symmetric=False, granularity="group", group_size=16))
+    ner.save_pretrained(tmp_path / "q")
+    assert artifact_kind(str(tmp_path / "q")) == "sparseft-modules"
+    export_compressed(ner, tmp_path / "c")
+    assert artifact_kind(str(tmp_path / "c")) == "compressed"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps({"base_model": str(tiny_bert_dir)}))
+    (tmp_path / "d" / "diff.safetensors").write_bytes(b"")
+    assert artifact_kind(str(tmp_path / "d")) == "sparse-diff"
+    assert tokenizer_source(str(tmp_path / "d")) == str(tiny_bert_dir)  # the diff has no tokenizer
+    (tmp_path / "c" / "compression_config.json").unlink()
+    with pytest.raises(ValueError, match="compression_config.json is missing"):
+        artifact_kind(str(tmp_path / "c"))
+
+
+def test_missing_tensors_are_refused_naming_folder_and_key(ner, tmp_path):
+    ner.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    state = load_file(path)
+    del state["bert.encoder.layer.1.output.dense.weight"]
+    save_file(state, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"m: the checkpoint lacks 1 tensors .*layer\.1\.output\.dense\.weight"):
+        load_model(str(tmp_path / "m"), "ner")
+
+
+def test_a_new_head_is_allowed_only_for_new_labels(ner, tmp_path, tiny_bert_dir):
+    load_model(str(tiny_bert_dir), "ner", labels=LABELS)  # encoder folder + labels: a fresh head is asked for
+    ner.save_pretrained(tmp_path / "m")
+    load_model(str(tmp_path / "m"), "ner", labels=["O", "B-LOC"])  # other labels: fresh head again
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    del state["classifier.weight"]
+    save_file(state, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="classifier.weight"):
+        load_model(str(tmp_path / "m"), "ner")  # same labels: the head must be in the folder
+
+
+def test_untied_lm_head_missing_is_refused(tmp_path, tiny_llama_dir):
+    model = load_model(str(tiny_llama_dir), "lm")
+    model.save_pretrained(tmp_path / "lm")
+    state = load_file(tmp_path / "lm" / "model.safetensors")
+    if "lm_head.weight" not in state:
+        pytest.skip("tied embeddings: no separate lm_head tensor")
+    del state["lm_head.weight"]
+    save_file(state, tmp_path / "lm" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lm_head.weight"):
+        load_model(str(tmp_path / "lm"), "lm")
+
+
+def _bpe_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["the cat sat on the mat", "john met mary in paris"] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+
+
+def test_gguf_model_is_dequantized_and_saves(tmp_path):
+    """Every verb loads through load_model: a GGUF model must save (train, prune, quantize ...)."""
+    pytest.importorskip("gguf")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sparseft.compress.prune.api import prune_
+    from sparseft.compress.prune.magnitude import MagnitudePruneConfig
+    from sparseft.export.gguf import export_gguf
+    from sparseft.export.save import save_artifact
+
+    tok = _bpe_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    export_gguf(LlamaForCausalLM(cfg).eval(), tmp_path / "m.gguf", tokenizer=tok, qtype="q8_0")
+    model = load_model(str(tmp_path / "m.gguf"), "lm")
+    assert getattr(model, "hf_quantizer", None) is None and model.dtype == torch.float32
+    ids = torch.randint(0, len(tok), (1, 8), generator=torch.Generator().manual_seed(1))
+    prune_(model, MagnitudePruneConfig(sparsity=0.5))
+    save_artifact(model, load_tokenizer(str(tmp_path / "m.gguf")), tmp_path / "saved")
+    with torch.no_grad():
+        assert torch.equal(load_model(str(tmp_path / "saved"), "lm")(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert "from_pretrained" in (tmp_path / "saved" / "README.md").read_text()
+
+
+def test_compressed_folder_through_cli_eval_and_from_pretrained(ner, tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForTokenClassification
+
+    from sparseft.cli.main import main
+
+    quantize_(ner, RTNConfig(bits=4, symmetric=False, granularity="group", group_size=16))
+    export_compressed(ner, tmp_path / "c", tokenizer=tiny_tokenizer)
+    card = (tmp_path / "c" / "README.md").read_text()
+    assert "library_name: sparseft" in card and "sparseft.load(" in card
+    with pytest.raises(ValueError, match="sparseft compressed checkpoint"):
+        AutoModelForTokenClassification.from_pretrained(tmp_path / "c")
+    data = tmp_path / "dev.conll"
+    data.write_text("john\tB-PER\nsmith\tI-PER\nvisited\tO\nparis\tO\n\nmary\tB-PER\nworks\tO\n")
+    assert main(["eval", str(tmp_path / "c"), "--data", str(data), "--json", str(tmp_path / "m.json")]) == 0
+    from sparseft.eval.evaluate import evaluate
+    from sparseft.load.data import DataConfig, build_eval_data
+
+    ref = evaluate(ner, build_eval_data(DataConfig(task="ner"), tiny_tokenizer, LABELS, str(data)))
+    got = json.loads((tmp_path / "m.json").read_text())["stages"]["eval"]
+    assert got["f1"] == ref["f1"] and got["precision"] == ref["precision"]
+
+
+def test_diff_without_loadable_base_is_a_clear_error(tmp_path):
+    from sparseft.export.sparse_diff import SparseDiff, save_diff
+
+    diff = SparseDiff({"w": torch.tensor([0])}, {"w": torch.tensor([1.0])}, {"w": (2, 2)}, {"w": torch.tensor([0.0])},
+                      {}, {"base_model": str(tmp_path / "gone"), "task": "ner"})
+    save_diff(diff, tmp_path / "d")
+    with pytest.raises(ValueError, match="base model .*gone.* could not be loaded"):
+        load_model(str(tmp_path / "d"), "ner", labels=LABELS)
