@@ -130,8 +130,9 @@ def whitening_factor(gram: torch.Tensor, name: str, damp: float, max_damp: float
         raise ValueError(f"layer {name}: X^T X is not positive definite (mean diagonal {scale:g} <= 0); "
                          f"it is not a Gram matrix of real inputs")
     eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
-    rel = damp
+    step = 0
     while True:
+        rel = float(f"{damp * 10 ** step:.6g}")         # damp, 10 x damp, ... (no float drift in reports)
         chol, info = torch.linalg.cholesky_ex(g + rel * scale * eye)
         if int(info) == 0 and torch.isfinite(chol).all() and float(chol.diagonal().min()) > 0:
             return chol, rel
@@ -139,7 +140,7 @@ def whitening_factor(gram: torch.Tensor, name: str, damp: float, max_damp: float
             raise ValueError(f"layer {name}: X^T X is not positive definite even with a diagonal offset of "
                              f"{rel:g} x its mean diagonal (float64 Cholesky); raise max_damp, use more "
                              f"calibration tokens, or add the layer to `ignore`")
-        rel *= 10
+        step += 1
 
 
 def svd_weights(model: nn.Module, cfg: SVDConfig, *, layers, batches=None,
