@@ -127,3 +127,9 @@ def test_head_checkpoint_loads_into_the_base_model(ner, tmp_path):
     base = AutoModel.from_pretrained(tmp_path / "q")  # BertModel: the 'bert.' prefix is dropped
     with torch.no_grad():
         assert torch.equal(base(input_ids=IDS).last_hidden_state, ner.bert(input_ids=IDS).last_hidden_state)
+
+
+def test_compressed_export_refuses_layers_it_cannot_store(ner, tmp_path):
+    sparsify_(ner, {"bert.encoder.layer.0.attention.self.query.weight": torch.ones(32, 32, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="cannot store SparseDelta layers yet.*merge_sparse_"):
+        export_compressed(ner, tmp_path / "c")

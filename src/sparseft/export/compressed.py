@@ -194,8 +194,8 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
     """
     from safetensors.torch import save_file
 
-    from sparseft.export.compressed_layout import (LAYOUTS, choose_layout, layout_quant_config, layout_tensors,
-                                                   write_model_config)
+    from sparseft.export.compressed_layout import (LAYOUTS, check_exportable, choose_layout, layout_quant_config,
+                                                   layout_tensors, write_model_config)
     from sparseft.utils.swaps import GUARD
 
     if layout not in LAYOUTS:
@@ -206,6 +206,7 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
         raise ValueError(f"float_dtype must be one of {tuple(FLOAT_DTYPES)}, got {float_dtype!r}")
     if not hasattr(model, "config"):
         raise ValueError("export_compressed needs a transformers model (with .config)")
+    check_exportable(model, (QuantLinear, QuantEmbedding, DynamicInt8Linear))
     writer = _Writer(sparse, FLOAT_DTYPES[float_dtype])
     modules: dict[str, dict] = {}
     covered: set[str] = set()

@@ -34,6 +34,17 @@ from sparseft.utils.swaps import FORMAT_VERSION, GUARD, QUANT_METHOD
 LAYOUTS = ("auto", "compressed-tensors", "sparseft")
 
 
+def check_exportable(model: torch.nn.Module, known: tuple[type, ...]) -> None:
+    """Refuse swapped modules the compressed writer cannot store (they would not load back)."""
+    from sparseft.utils.swaps import swapped_modules
+
+    for fqn, spec in swapped_modules(model).items():
+        if not isinstance(model.get_submodule(fqn), known):
+            hint = ("merge the sparse fine-tuning wrappers first (merge_sparse_)" if spec["type"] == "SparseDelta"
+                    else "save it with save_pretrained instead (it loads after `import sparseft`)")
+            raise ValueError(f"the compressed export cannot store {spec['type']} layers yet ({fqn}); {hint}")
+
+
 def choose_layout(model: torch.nn.Module, layout: str, entries: dict[str, dict], modules: dict) -> str:
     """'compressed-tensors', 'sparseft' or 'plain' for this model and the writer's tensor entries."""
     if layout not in LAYOUTS:
