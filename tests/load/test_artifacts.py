@@ -144,3 +144,47 @@ def test_diff_without_loadable_base_is_a_clear_error(tmp_path):
     save_diff(diff, tmp_path / "d")
     with pytest.raises(ValueError, match="base model .*gone.* could not be loaded"):
         load_model(str(tmp_path / "d"), "ner", labels=LABELS)
+
+
+def test_chat_on_quantized_and_compressed_folders_matches_the_dequantized_model(tmp_path, tiny_llama_dir, monkeypatch,
+                                                                              capsys):
+    """`sparseft chat DIR` on a quantized save_pretrained folder and on a compressed export
+    replies exactly as a plain folder holding the dequantized weights does."""
+    import io
+
+    from sparseft.cli.main import main
+
+    model = load_model(str(tiny_llama_dir), "lm")
+    quantize_(model, RTNConfig(bits=4, symmetric=False, granularity="group", group_size=16))
+    tok = load_tokenizer(str(tiny_llama_dir))
+    model.save_pretrained(tmp_path / "q")
+    tok.save_pretrained(tmp_path / "q")
+    export_compressed(model, tmp_path / "c", tokenizer=tok)
+    plain = load_model(str(tiny_llama_dir), "lm")
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if hasattr(module, "dequantize") and hasattr(module, "qweight"):
+                plain.get_submodule(name).weight.copy_(module.dequantize())
+    plain.save_pretrained(tmp_path / "plain")
+    tok.save_pretrained(tmp_path / "plain")
+    replies = []
+    for folder in ("plain", "q", "c"):
+        monkeypatch.setattr("sys.stdin", io.StringIO("john visited paris\n/exit\n"))
+        capsys.readouterr()
+        assert main(["chat", str(tmp_path / folder), "--max-new-tokens", "6"]) == 0
+        replies.append(capsys.readouterr().out)
+    assert replies[0].strip() and replies[0] == replies[1] == replies[2]
+
+
+def test_eval_refuses_a_folder_with_missing_tensors_in_one_line(ner, tmp_path, capsys):
+    from sparseft.cli.main import main
+
+    ner.save_pretrained(tmp_path / "m")
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    del state["bert.encoder.layer.0.attention.self.key.weight"]
+    save_file(state, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
+    data = tmp_path / "dev.conll"
+    data.write_text("john\tB-PER\n")
+    assert main(["eval", str(tmp_path / "m"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "lacks 1 tensors" in err and "attention.self.key.weight" in err and str(tmp_path / "m") in err
