@@ -3,18 +3,21 @@
 `sparseft chat-sft` writes its recipe to <output dir>/chat_sft_recipe.yaml and, when it needs more
 than one process or DeepSpeed, starts a launcher that runs `sparseft run <recipe>` in every process:
 
-  * `--num-processes N` (ZeRO stage 0): `python -m torch.distributed.run --standalone
-    --nproc_per_node N` (torchrun). On CPU the processes talk over gloo. (We do not use
-    `accelerate launch --cpu --num_processes N` for this: it starts a single process on CPU.)
+  * `--num-processes N` (ZeRO stage 0, `--distributed ddp` or `fsdp`): `python -m
+    torch.distributed.run --standalone --nproc_per_node N` (torchrun). On CPU the processes talk
+    over gloo. (We do not use `accelerate launch --cpu --num_processes N` for this: it starts a
+    single process on CPU.)
   * `--zero_stage 1|2|3` (+ `--offload`): `accelerate launch --config_file accelerate_config.yaml`,
     whose DeepSpeed section points to ds_config.json, written in DeepSpeed-Chat's layout
-    (`get_train_ds_config`): micro-batch per GPU, gradient accumulation, clipping, ZeRO stage,
-    optimizer (and, for stage 3, parameter) offload to CPU; bf16/fp16 left "auto" so Accelerate
-    fills them from the run's mixed precision. Needs `pip install deepspeed` (and GPUs in
-    practice); without it the CLI stops with a message saying so.
+    (`get_train_ds_config`) by the training loop's own `sparseft.train.distributed.deepspeed_config`:
+    micro-batch per GPU, gradient accumulation, clipping, ZeRO stage, optimizer (and, for stage 3,
+    parameter) offload to CPU, ZeRO-3 16-bit weight gathering on save; bf16/fp16 left "auto" so
+    Accelerate fills them from the run's mixed precision. The recipe says `distributed: deepspeed`,
+    and each process's loop builds the same config from its TrainConfig. Needs `pip install
+    deepspeed`; without it the CLI stops with a message saying so.
 
-Inside each process the training loop's Accelerator picks the distributed set-up up from the
-environment the launcher exports (WORLD_SIZE, RANK, ... and ACCELERATE_* for DeepSpeed).
+Inside each process the training loop's Accelerator picks the process group up from the
+environment the launcher exports (WORLD_SIZE, RANK, ...); see docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from sparseft.train.distributed import deepspeed_config as _train_deepspeed_config
 from sparseft.utils.io import atomic_write_json, atomic_write_text
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -75,30 +79,10 @@ def require_deepspeed(zero_stage: int) -> None:
 
 def deepspeed_config(*, zero_stage: int, offload: bool, batch_size: int, grad_accum: int,
                      num_processes: int, max_grad_norm: float | None) -> dict:
-    """DeepSpeed JSON config in DeepSpeed-Chat's training layout (see module docstring)."""
-    if zero_stage not in ZERO_STAGES:
-        raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, got {zero_stage}")
-    if offload and zero_stage == 0:
-        raise ValueError("--offload needs --zero_stage 1, 2 or 3 (ZeRO offloads optimizer state / parameters)")
-    device = "cpu" if offload else "none"
-    zero = {"stage": zero_stage,
-            "offload_optimizer": {"device": device},
-            "offload_param": {"device": device if zero_stage == 3 else "none"},
-            "stage3_param_persistence_threshold": 1e4,
-            "stage3_max_live_parameters": 3e7,
-            "stage3_prefetch_bucket_size": 3e7,
-            "memory_efficient_linear": False}
-    return {"train_batch_size": batch_size * grad_accum * num_processes,
-            "train_micro_batch_size_per_gpu": batch_size,
-            "gradient_accumulation_steps": grad_accum,
-            "gradient_clipping": float(max_grad_norm or 0.0),
-            "steps_per_print": 10,
-            "zero_optimization": zero,
-            "zero_force_ds_cpu_optimizer": False,  # the loop builds torch AdamW; allow it with offload
-            "bf16": {"enabled": "auto"},
-            "fp16": {"enabled": "auto", "loss_scale_window": 100},
-            "prescale_gradients": False,
-            "wall_clock_breakdown": False}
+    """DeepSpeed JSON config in DeepSpeed-Chat's training layout: the training loop's own
+    (`sparseft.train.distributed.deepspeed_config`), so the file and the run agree."""
+    return _train_deepspeed_config(zero_stage=zero_stage, offload=offload, batch_size=batch_size,
+                                   grad_accum=grad_accum, num_processes=num_processes, max_grad_norm=max_grad_norm)
 
 
 def write_accelerate_config(directory: str | Path, *, zero_stage: int, offload: bool, batch_size: int,
@@ -110,7 +94,7 @@ def write_accelerate_config(directory: str | Path, *, zero_stage: int, offload: 
                                                 grad_accum=grad_accum, num_processes=num_processes,
                                                 max_grad_norm=max_grad_norm))
     acc = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED",
-           "deepspeed_config": {"deepspeed_config_file": str(ds_path), "zero3_init_flag": zero_stage == 3},
+           "deepspeed_config": {"deepspeed_config_file": str(ds_path), "zero3_init_flag": False},
            "machine_rank": 0, "num_machines": 1, "num_processes": num_processes, "rdzv_backend": "static",
            "same_network": True, "use_cpu": False, "main_training_function": "main"}
     path = directory / "accelerate_config.yaml"
