@@ -188,3 +188,22 @@ def test_eval_refuses_a_folder_with_missing_tensors_in_one_line(ner, tmp_path, c
     assert main(["eval", str(tmp_path / "m"), "--data", str(data)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "lacks 1 tensors" in err and "attention.self.key.weight" in err and str(tmp_path / "m") in err
+
+
+def test_recipe_with_a_compressed_model_folder(ner, tmp_path, tiny_tokenizer):
+    """`model: DIR` in a recipe loads the compressed folder (no random weights) and scores it."""
+    from sparseft.config.recipe import Recipe
+    from sparseft.eval.evaluate import evaluate
+    from sparseft.load.data import DataConfig, build_eval_data
+    from sparseft.pipeline import run
+
+    quantize_(ner, RTNConfig(bits=4, symmetric=False, granularity="group", group_size=16))
+    export_compressed(ner, tmp_path / "c", tokenizer=tiny_tokenizer)
+    data = tmp_path / "dev.conll"
+    data.write_text("john\tB-PER\nsmith\tI-PER\nvisited\tO\n\nmary\tB-PER\nworks\tO\n")
+    ctx = run(Recipe.from_dict({"model": str(tmp_path / "c"), "output_dir": str(tmp_path / "run"),
+                                "data": {"task": "ner", "train": str(data), "eval": str(data)},
+                                "stages": [{"method": "eval"}]}))
+    ref = evaluate(ner, build_eval_data(DataConfig(task="ner"), tiny_tokenizer, LABELS, str(data)))
+    got = ctx.report.sections["eval"]
+    assert got["f1"] == ref["f1"] and got["recall"] == ref["recall"]
