@@ -34,8 +34,14 @@ class _Mismatch(Exception):
 
 @functools.cache
 def field_types(cls: type) -> dict[str, Any]:
-    """{field name: resolved annotation} of a dataclass (cached per class)."""
-    hints = typing.get_type_hints(cls)
+    """{field name: resolved annotation} of a dataclass (cached per class).
+
+    Annotations that cannot be resolved (names imported only for type checkers) are not checked.
+    """
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError, AttributeError):
+        hints = {}
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
 
 
