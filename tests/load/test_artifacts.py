@@ -89,21 +89,50 @@ def _bpe_tokenizer():
                                    unk_token="<|endoftext|>", pad_token="<|im_end|>")
 
 
-def test_gguf_model_is_dequantized_and_saves(tmp_path):
-    """Every verb loads through load_model: a GGUF model must save (train, prune, quantize ...)."""
-    pytest.importorskip("gguf")
+def _tiny_gguf(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sparseft.compress.prune.api import prune_
-    from sparseft.compress.prune.magnitude import MagnitudePruneConfig
     from sparseft.export.gguf import export_gguf
-    from sparseft.export.save import save_artifact
 
     tok = _bpe_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     export_gguf(LlamaForCausalLM(cfg).eval(), tmp_path / "m.gguf", tokenizer=tok, qtype="q8_0")
+    return tmp_path / "m.gguf", tok
+
+
+@pytest.mark.parametrize("verb", ["train", "quantize"])
+def test_cli_verbs_save_a_gguf_model(tmp_path, verb):
+    """`sparseft train / quantize --model x.gguf` used to fail at save ("quantized with gguf and is
+    not serializable") after all the work; now the dequantized model saves."""
+    pytest.importorskip("gguf")
+    from sparseft.cli.main import main
+
+    gguf_path, _ = _tiny_gguf(tmp_path)
+    text = tmp_path / "train.txt"
+    text.write_text("the cat sat on the mat . john met mary in paris .\n" * 20)
+    out = tmp_path / "run"
+    if verb == "train":
+        argv = ["train", "--model", str(gguf_path), "--task", "lm", "--train", str(text), "--eval", str(text),
+                "--max-steps", "1", "--batch-size", "2", "--mixed-precision", "no", "--output-dir", str(out)]
+    else:
+        argv = ["quantize", "--model", str(gguf_path), "--task", "lm", "--method", "rtn", "--no-cost",
+                "--output-dir", str(out)]
+    assert main(argv) == 0
+    saved = out / ("model" if verb == "train" else "compressed")
+    assert (saved / "model.safetensors").exists()
+    assert load_model(str(saved), "lm") is not None
+
+
+def test_gguf_model_is_dequantized_and_saves(tmp_path):
+    """Every verb loads through load_model: a GGUF model must save (train, prune, quantize ...)."""
+    pytest.importorskip("gguf")
+    from sparseft.compress.prune.api import prune_
+    from sparseft.compress.prune.magnitude import MagnitudePruneConfig
+    from sparseft.export.save import save_artifact
+
+    _, tok = _tiny_gguf(tmp_path)
     model = load_model(str(tmp_path / "m.gguf"), "lm")
     assert getattr(model, "hf_quantizer", None) is None and model.dtype == torch.float32
     ids = torch.randint(0, len(tok), (1, 8), generator=torch.Generator().manual_seed(1))
