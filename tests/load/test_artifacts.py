@@ -236,3 +236,19 @@ def test_recipe_with_a_compressed_model_folder(ner, tmp_path, tiny_tokenizer):
     ref = evaluate(ner, build_eval_data(DataConfig(task="ner"), tiny_tokenizer, LABELS, str(data)))
     got = ctx.report.sections["eval"]
     assert got["f1"] == ref["f1"] and got["recall"] == ref["recall"]
+
+
+def test_foreign_compressed_tensors_folder_is_dequantized_on_load(ner, tmp_path):
+    """A compressed-tensors folder from another tool (no compression_config.json) loads as plain
+    fp32 Linear layers with the same outputs, so prune / train / save work on it."""
+    pytest.importorskip("compressed_tensors")
+    quantize_(ner, RTNConfig(bits=4, granularity="group", group_size=16))
+    assert export_compressed(ner, tmp_path / "ct")["layout"] == "compressed-tensors"
+    (tmp_path / "ct" / "compression_config.json").unlink()
+    assert artifact_kind(str(tmp_path / "ct")) == "compressed-tensors"
+    loaded = load_model(str(tmp_path / "ct"), "ner")
+    ids = torch.randint(7, 60, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, ner(input_ids=ids).logits)
+    assert type(loaded.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear
+    loaded.save_pretrained(tmp_path / "saved")  # nothing quantized is left attached

@@ -123,19 +123,24 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     from sparseft.load.artifacts import SPECIAL, artifact_kind, check_loading_info, finish_loaded, load_artifact
-    if artifact_kind(name) in SPECIAL:  # diff / adapter / compressed folders (load/artifacts.py)
+    kind = artifact_kind(name)
+    if kind in SPECIAL:  # diff / adapter / compressed folders (load/artifacts.py)
         return load_artifact(name, task, labels=labels, dtype=dtype, trust_remote_code=trust_remote_code)
     src = resolve_model(name)
     kwargs: dict = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32,
                     "output_loading_info": True}  # missing tensors are refused, not random-initialised
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
+    if kind == "compressed-tensors":  # another tool's export: dequantized on load, so every verb can prune / save it
+        from transformers import CompressedTensorsConfig
+
+        kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     if task == "lm":
         model, info = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
         check_loading_info(name, model, info, new_head=False)
         return finish_loaded(model)
     config = AutoConfig.from_pretrained(src.path, **{k: v for k, v in kwargs.items()
-                                                     if k not in ("dtype", "output_loading_info")})
+                                                     if k not in ("dtype", "output_loading_info", "quantization_config")})
     found = getattr(config, "id2label", None) or {}
     found = [found[i] for i in sorted(found)]
     suffix = "ForTokenClassification" if task == "ner" else "ForSequenceClassification"
