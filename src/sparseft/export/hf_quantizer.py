@@ -57,6 +57,10 @@ class SparseftQuantConfig(QuantizationConfigMixin):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
+_DTYPES = {"U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "F16": "float16",
+           "BF16": "bfloat16", "F32": "float32", "F64": "float64", "BOOL": "bool"}
+
+
 def _header_shapes(checkpoint_files) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """{tensor name: (shape, dtype)} from the safetensors headers (no tensor data read)."""
     from safetensors import safe_open
@@ -68,10 +72,11 @@ def _header_shapes(checkpoint_files) -> dict[str, tuple[tuple[int, ...], torch.d
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
                 sl = f.get_slice(name)
-                dtype = getattr(torch, {"U8": "uint8", "I8": "int8", "I32": "int32", "I64": "int64", "F16": "float16",
-                                        "BF16": "bfloat16", "F32": "float32", "F64": "float64",
-                                        "BOOL": "bool"}[sl.get_dtype()])
-                out[name] = (tuple(sl.get_shape()), dtype)
+                dtype = _DTYPES.get(sl.get_dtype())
+                if dtype is None:
+                    raise ValueError(f"{path}: tensor {name!r} has dtype {sl.get_dtype()}, which sparseft layers "
+                                     f"do not use")
+                out[name] = (tuple(sl.get_shape()), getattr(torch, dtype))
     return out
 
 
