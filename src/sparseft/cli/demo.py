@@ -30,8 +30,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from sparseft.demo.story import run_demo
 
+    t0 = time.perf_counter()
     print(f"sparseft demo: {args.model} on the bundled toy NER set -> {args.output_dir}"
           + (" (quick)" if args.quick else ""), flush=True)
     result = run_demo(args.output_dir, model=args.model, quick=args.quick, overrides=args.overrides,
@@ -40,4 +43,5 @@ def run(args: argparse.Namespace) -> int:
     print(result.table)
     print()
     print(f"report: {result.report}" + ("" if args.no_html else f" (and {result.out_dir / 'report.html'})"))
+    print(f"demo wall time: {time.perf_counter() - t0:.0f} s (model loads included)")
     return 0
