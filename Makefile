@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_prune.py
 	$(PY) benchmarks/bench_factorize.py
 	$(PY) benchmarks/bench_chat.py
+	$(PY) benchmarks/bench_demo.py
 	$(PY) benchmarks/summarize.py
 
 bench-summary: $(STAMP)
