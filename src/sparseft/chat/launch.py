@@ -40,18 +40,22 @@ def in_launched_process() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
-def launch_env(environ: dict | None = None) -> dict:
+def launch_env(environ: dict | None = None, *, deepspeed: bool = False) -> dict:
     """Environment for the launched workers.
 
     On machines without CUDA, Accelerate only sets up CPU data parallelism (gloo) when told to
     use the CPU (ACCELERATE_USE_CPU=true, what `accelerate launch --cpu` exports); otherwise
-    every torchrun worker silently trains alone as a single-process job.
+    every torchrun worker silently trains alone as a single-process job. DeepSpeed is the
+    exception: Accelerate switches DeepSpeed off when ACCELERATE_USE_CPU is set, and the loop
+    gives it a gloo process group itself (train/loop.py `_engine_plugins`).
     """
     import torch
 
     env = dict(os.environ if environ is None else environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not torch.cuda.is_available():
+    if deepspeed:
+        env.pop("ACCELERATE_USE_CPU", None)
+    elif not torch.cuda.is_available():
         env.setdefault("ACCELERATE_USE_CPU", "true")
     return env
 
@@ -62,7 +66,8 @@ def check_cpu_distributed() -> None:
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    flag = any(os.environ.get(name, "").lower() in ("1", "true", "yes")
+               for name in ("ACCELERATE_USE_CPU", "ACCELERATE_USE_DEEPSPEED"))  # DeepSpeed: gloo group of its own
     if world > 1 and not torch.cuda.is_available() and not flag:
         raise ValueError(f"this is one of {world} CPU worker processes but ACCELERATE_USE_CPU is not set, so "
                          f"Accelerate would run each process as an independent single-process job. Launch "

@@ -157,7 +157,9 @@ def make_replica(model: nn.Module, groups: list[dict], *, engine: str, device: t
     else:
         raise ValueError(f"make_replica: unknown engine {engine!r}; valid: fsdp, deepspeed")
     params = dict(replica.named_parameters())
-    new_groups = [{**g, "params": [params[names[id(p)]] for p in g["params"]]} for g in groups]
+    # empty groups dropped: DeepSpeed removes them, and a scheduler built on the optimizer must
+    # then see the same number of groups
+    new_groups = [{**g, "params": [params[names[id(p)]] for p in g["params"]]} for g in groups if g["params"]]
     if engine == "fsdp" and is_main_process():
         local = sum(_local_numel(p) for p in params.values())
         total = sum(p.numel() for p in params.values())
