@@ -9,18 +9,19 @@ PeftModel.from_pretrained, merge_and_unload and unload, Trainer and TRL's `peft_
     merged = PeftModel.from_pretrained(base2, "adapter").merge_and_unload()
 
 How the entries are chosen (the budget is global over all targeted weights, as in sparseft):
-  * creation: every targeted module becomes a pending `SparseFTLayer`; then, right after
-    injection (`inject_adapter`, also for added adapters), the base is fingerprinted and, for data-free masks (random,
-    magnitude, regrow with a data-free init), the entries are selected at once;
+  * creation: every targeted module becomes a pending `SparseFTLayer`; right after injection
+    (`inject_adapter`, also for added adapters) the base is fingerprinted and, for data-free
+    masks (random, magnitude, regrow with a data-free init), the entries are selected at once;
   * data-driven masks (fisher, lottery, regrow init="fisher") are selected by
     `select_sparseft_masks_(model, batches=...)`, which `SparseFTCallback` calls at the start of
     training with the Trainer's own batches;
-  * loading (`PeftModel.from_pretrained`): no selection; the saved indices and values replace
-    the pending ones (`_remap_adapter_state_dict_for_load` sizes the layers to the checkpoint),
+  * loading (`PeftModel.from_pretrained`): the saved indices and values replace the selected
+    or pending ones (`_remap_adapter_state_dict_for_load` sizes the layers to the checkpoint),
     after checking that the base has the fingerprint recorded in adapter_config.json.
 
-Selection uses sparseft's registered mask methods and budget code (`sparseft.masks`): the same
-scores, the same exact top-k, so a peft run and `sparse_finetune` choose the same entries.
+Selection uses sparseft's registered mask methods and budget code (`sparseft.masks`) with every
+parameter trainable, as `select_masks` sees a plain model: the same scores and exact top-k, so a
+peft run and `sparse_finetune` choose the same entries (tested for magnitude, fisher, lottery).
 """
 
 from __future__ import annotations
