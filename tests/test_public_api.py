@@ -9,7 +9,7 @@ import sys
 import sparseft
 
 VERBS = ["load", "export", "select_masks", "sparse_finetune", "prune_", "quantize_", "apply_diff_", "revert_diff_",
-         "save_diff", "load_diff", "compose", "merge"]
+         "save_diff", "load_diff", "compose", "merge", "factorize_"]
 
 
 def test_every_public_name_resolves():

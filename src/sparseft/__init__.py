@@ -69,6 +69,12 @@ _PUBLIC = {
     "KMeansConfig": "sparseft.compress.quantize.kmeans:KMeansConfig",
     "GPTQConfig": "sparseft.compress.quantize.gptq:GPTQConfig",
     "DynamicInt8Config": "sparseft.compress.quantize.dynamic:DynamicInt8Config",
+    # low-rank factorization
+    "factorize_": "sparseft.compress.factorize.api:factorize_",
+    "SVDConfig": "sparseft.compress.factorize.methods:SVDConfig",
+    "ASVDConfig": "sparseft.compress.factorize.methods:ASVDConfig",
+    "WhitenedSVDConfig": "sparseft.compress.factorize.methods:WhitenedSVDConfig",
+    "FisherSVDConfig": "sparseft.compress.factorize.methods:FisherSVDConfig",
     "factorize_": "sparseft.compress.factorize.api:factorize_",   # configs: sparseft.compress.factorize
     # evaluation and recipes
     "evaluate": "sparseft.eval.evaluate:evaluate",
