@@ -6,10 +6,9 @@
     sparseft.export(model, "out/model")                 # save_pretrained folder (+ model card)
     sparseft.export(model, "out/small", format="compressed")
 
-`load` reads, in this order: a sparseft peft adapter folder (adapter_config.json with peft_type
-SPARSEFT), a sparse diff folder (manifest.json), a compressed checkpoint (compression_config.json),
-and otherwise anything `sparseft.load.model.load_model` takes (alias, save_pretrained folder,
-.gguf file, hub id), with the task read from the saved architecture when not given.
+`load` is `sparseft.load.model.load_model` (which recognises diff, adapter and compressed
+folders: docs/artifacts.md) plus the task read from the folder when not given, the head labels a
+sparseft adapter records, and an optional diff applied on top.
 
 `export` looks its format up in `EXPORT_FORMATS` ({name: "module:function"}), each function
 taking `(model, directory, *, tokenizer=None, **options)`; a new format is one line there.
@@ -36,9 +35,18 @@ _TASK_TYPES = {"TOKEN_CLS": "ner", "SEQ_CLS": "cls", "CAUSAL_LM": "lm"}
 
 
 def infer_task(name: str) -> str:
-    """'ner' / 'cls' / 'lm' from a saved model's architecture (GGUF files are 'lm')."""
+    """'ner' / 'cls' / 'lm' for `name`: a diff's manifest task, an adapter's task_type, else the saved
+    architecture (GGUF files are 'lm'; diffs and adapters without one fall back to their base)."""
+    from sparseft.load.artifacts import artifact_kind, base_of
     from sparseft.load.model import resolve_model
 
+    kind, path = artifact_kind(name), Path(name)
+    if kind == "sparse-diff":
+        task = json.loads((path / "manifest.json").read_text()).get("task")
+        return task or infer_task(base_of(name))
+    if kind == "peft-adapter":
+        task = _TASK_TYPES.get(json.loads((path / "adapter_config.json").read_text()).get("task_type"))
+        return task or infer_task(base_of(name))
     src = resolve_model(name)
     if src.gguf_file:
         return "lm"
@@ -54,12 +62,16 @@ def infer_task(name: str) -> str:
 
 def load(name: str, task: str | None = None, *, labels: Sequence[str] | None = None, dtype=None,
          diff: str | None = None, trust_remote_code: bool = False):
-    """Load a model, a sparse diff (applied to its base), a sparse adapter or a compressed folder.
+    """Load a model, a sparse diff (applied to its base), a peft adapter (merged) or a compressed folder.
+
+    `sparseft.load.model.load_model` does the loading (it recognises every artifact folder, see
+    docs/artifacts.md); this verb adds the task when it is not given and the head labels a
+    sparseft adapter records, and can apply a diff on top.
 
     Args:
         name: alias ('minilm', 'smollm2'), folder, .gguf file or hub id; or a sparse diff folder,
-            a sparseft peft adapter folder or a compressed checkpoint folder (see module docstring).
-        task: 'ner', 'cls' or 'lm' (default: from the saved architecture / the diff's manifest).
+            a peft adapter folder or a compressed checkpoint folder.
+        task: 'ner', 'cls' or 'lm' (default: `infer_task(name)`).
         labels: label strings for a new classification head.
         dtype: torch dtype (default float32).
         diff: a diff folder (or hub id) to apply to the loaded model (`apply_diff_`).
@@ -68,54 +80,18 @@ def load(name: str, task: str | None = None, *, labels: Sequence[str] | None = N
         >>> model = load("minilm", task="ner", labels=["O", "B-PER", "I-PER"])   # doctest: +SKIP
         >>> tuned = load("runs/sft/diff")                                         # doctest: +SKIP
     """
-    path = Path(name)
-    if path.is_dir() and (path / "adapter_config.json").exists():
-        return _load_adapter(path, task, dtype)
-    if path.is_dir() and (path / "manifest.json").exists():
-        return _load_diff(path, task, labels, dtype)
-    if path.is_dir() and (path / "compression_config.json").exists():
-        from sparseft.export.compressed import load_compressed
-
-        return load_compressed(path)
+    from sparseft.load.artifacts import artifact_kind
     from sparseft.load.model import load_model
 
-    model = load_model(name, task or infer_task(name), labels=labels, dtype=dtype,
-                       trust_remote_code=trust_remote_code)
+    task = task or infer_task(str(name))
+    if labels is None and task in ("ner", "cls") and artifact_kind(str(name)) == "peft-adapter":
+        labels = json.loads((Path(name) / "adapter_config.json").read_text()).get("labels")  # SparseFTConfig
+    model = load_model(str(name), task, labels=labels, dtype=dtype, trust_remote_code=trust_remote_code)
     if diff is not None:
         from sparseft.export.sparse_diff import apply_diff_, load_diff
 
         apply_diff_(model, load_diff(diff))
     return model
-
-
-def _load_diff(path: Path, task, labels, dtype):
-    from sparseft.export.sparse_diff import apply_diff_, load_diff
-
-    diff = load_diff(path)
-    base = diff.manifest.get("base_model")
-    if not base:
-        raise ValueError(f"{path}/manifest.json names no base model; load the base and apply_diff_ yourself")
-    task = task or diff.manifest.get("task") or "lm"
-    model = load(base, task, labels=labels or diff.manifest.get("labels"), dtype=dtype)
-    apply_diff_(model, diff)
-    return model
-
-
-def _load_adapter(path: Path, task, dtype):
-    config = json.loads((path / "adapter_config.json").read_text())
-    if config.get("peft_type") != "SPARSEFT":
-        raise ValueError(f"{path} is a peft {config.get('peft_type')} adapter; load it with peft "
-                         f"(sparseft.load reads sparseft's own adapters)")
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
-    from peft import PeftModel
-
-    import sparseft.integrations  # noqa: F401  registers the peft method
-
-    task = task or _TASK_TYPES.get(config.get("task_type")) or infer_task(base)
-    labels = config.get("labels") if task in ("ner", "cls") else None  # recorded by SparseFTConfig
-    return PeftModel.from_pretrained(load(base, task, labels=labels, dtype=dtype), str(path)).merge_and_unload()
 
 
 def export(model, directory: str | Path, format: str = "pretrained", *, tokenizer=None, **options) -> Any:

@@ -113,7 +113,9 @@ def test_sparseft_load_reads_diff_and_adapter_folders(trained, tiny_bert_dir, tm
     apply_diff_(want, diff)
     from_diff = sparseft.load(str(root / "diff"))            # base named in the manifest + the diff
     from_adapter = sparseft.load(str(diff_to_adapter(diff, tmp_path / "adapter")))  # base + merged adapter
-    for got in (from_diff, from_adapter):
+    torch.manual_seed(5)
+    with_diff = sparseft.load(str(tiny_bert_dir), "ner", labels=data.labels, diff=str(root / "diff"))
+    for got in (from_diff, from_adapter, with_diff):
         assert got.config.id2label == want.config.id2label
         for (n, p), (_, q) in zip(want.named_parameters(), got.named_parameters()):
             assert torch.equal(p, q), n
