@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 # format name -> "module:function" with signature (model, directory, *, tokenizer=None, **options)
 EXPORT_FORMATS = {
-    "pretrained": "sparseft.api:save_pretrained",           # plain transformers folder + configs + card
+    "pretrained": "sparseft.api:save_pretrained",           # save_pretrained folder + configs + model card
     "compressed": "sparseft.export.compressed:export_compressed",  # bitmask sparse + packed quantized
     "gguf": "sparseft.api:save_gguf",                        # llama.cpp file (Llama-family decoders)
 }
@@ -115,24 +115,11 @@ def export(model, directory: str | Path, format: str = "pretrained", *, tokenize
     return getattr(importlib.import_module(module), fn)(model, directory, tokenizer=tokenizer, **options)
 
 
-def save_pretrained(model, directory: str | Path, *, tokenizer=None, metrics: dict | None = None, **options) -> Path:
-    """`save_artifact` (model + tokenizer + configs) plus a README.md model card."""
-    from sparseft.export.model_card import python_snippet, write_model_card
+def save_pretrained(model, directory: str | Path, *, tokenizer=None, **options) -> Path:
+    """`sparseft.export.save.save_artifact`: model + tokenizer + configs + README.md model card."""
     from sparseft.export.save import save_artifact
 
-    out = save_artifact(model, tokenizer, directory, **options)
-    config = getattr(model, "config", None)
-    arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
-    auto = next((a for s, a in (("ForTokenClassification", "AutoModelForTokenClassification"),
-                                ("ForSequenceClassification", "AutoModelForSequenceClassification"),
-                                ("ForCausalLM", "AutoModelForCausalLM")) if arch.endswith(s)), "AutoModel")
-    task = {"AutoModelForTokenClassification": "ner", "AutoModelForSequenceClassification": "cls",
-            "AutoModelForCausalLM": "lm"}.get(auto)
-    write_model_card(out, kind="dense", library_name="transformers", task=task, metrics=metrics,
-                     base_model=getattr(config, "_name_or_path", None) or None,
-                     how_to_load=python_snippet(f"from transformers import {auto}\n"
-                                                f"model = {auto}.from_pretrained({str(out)!r})"))
-    return out
+    return save_artifact(model, tokenizer, directory, **options)
 
 
 def save_gguf(model, path: str | Path, *, tokenizer=None, **options) -> dict:
