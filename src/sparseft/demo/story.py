@@ -131,14 +131,16 @@ def labels_for(out: Path) -> dict[str, str]:
 
 def _intro(recipes: dict, quick: bool) -> list[str]:
     lr = {s: recipes[s].stages[0].params.get("lr") for s in STEPS}
+    sp = recipes["sparse"].stages[0].params
     data = recipes["full"].data
     return [
         "The bundled synthetic NER set (`sparseft.demo.toy_ner`: train and dev draw entity names from "
-        "disjoint pools), the embedded all-MiniLM-L6-v2, CPU. Four runs, each its own folder and process:",
+        f"disjoint pools), model `{recipes['full'].model}` (`minilm`: the embedded all-MiniLM-L6-v2). Four runs, "
+        "each its own folder and process:",
         "",
         f"- **full FT** (`full/`): every weight trains, lr {lr['full']:g}.",
-        f"- **sparse FT** (`sparse/`): 1% of the encoder's Linear weights (Fisher mask) + the new head, "
-        f"lr {lr['sparse']:g}; ships as a sparse diff.",
+        f"- **sparse FT** (`sparse/`): {100 * float(sp.get('density') or 0.01):g}% of the encoder's Linear weights "
+        f"({sp.get('mask', 'fisher')} mask) + the new head, lr {lr['sparse']:g}; ships as a sparse diff.",
         f"- **LoRA** (`lora/`): peft LoRA with the rank closest to the same trainable count, lr {lr['lora']:g}; "
         "ships as an adapter.",
         f"- **compressed** (`compressed/`): the sparse model, 50% of FFN neurons removed, recovered with "
