@@ -16,6 +16,7 @@ from sparseft.config.base import BaseConfig
 from sparseft.export.compressed import FLOAT_DTYPES, SPARSE_MODES, export_compressed, load_compressed
 from sparseft.registry import register_method
 from sparseft.utils.io import atomic_write_json
+from sparseft.utils.outdir import check_output_dir
 
 FORMATS = ("compressed",)
 
@@ -64,8 +65,9 @@ def prediction_agreement(model_a, model_b, feats: list[dict], pad_id: int) -> di
 
 def export_stage(ctx, cfg: ExportConfig, name: str) -> None:
     path = cfg.path or str(ctx.output_dir / "compressed")
+    check_output_dir(path, overwrite=ctx.overwrite, inputs=[ctx.recipe.model], replace=True)
     stats = export_compressed(ctx.model, path, tokenizer=ctx.tokenizer, sparse=cfg.sparse,
-                              float_dtype=cfg.float_dtype)
+                              float_dtype=cfg.float_dtype, overwrite=ctx.overwrite)
     atomic_write_json(f"{path}/sparseft_data.json", ctx.recipe.data.to_dict())
     metrics = {"path": path, "size_mb": stats["weights_bytes"] / 2**20, "fp32_mb": stats["fp32_bytes"] / 2**20,
                "compression_ratio": stats["compression_ratio"], "global_sparsity": stats["global_sparsity"],
