@@ -45,8 +45,8 @@ def toy_chat_files(tmp_path) -> tuple[Path, Path]:
 
 
 def _losses(run: Path) -> list[float]:
-    return [json.loads(x)["loss"] for x in (run / "sft" / "log.jsonl").read_text().splitlines()
-            if "loss" in json.loads(x)]
+    rows = [json.loads(x) for x in (run / "sft" / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r] + [r["eval"]["loss"] for r in rows if "eval" in r]
 
 
 def _tensors(run: Path, sub: str, name: str) -> dict:
@@ -70,7 +70,7 @@ def test_sharded_two_processes_match_one(mode, engine, tiny_llama_dir, toy_chat_
     extra, sub, fname = MODES[mode]
     train, evals = toy_chat_files
     common = ["--model", str(tiny_llama_dir), "--train", str(train), "--eval", str(evals), "--max-steps", "3",
-              "--log-every", "1", "--eval-every", "never", "--seed", "7", *extra]
+              "--log-every", "1", "--eval-every", "1", "--seed", "7", *extra]  # best weights: gathered, saved, reloaded
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "SPARSEFT_DEBUG": "1",
            "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
@@ -88,7 +88,7 @@ def test_sharded_two_processes_match_one(mode, engine, tiny_llama_dir, toy_chat_
     assert main(["chat-sft", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "one")]) == 0
 
     one_loss, two_loss = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(one_loss) == len(two_loss) == 3
+    assert len(one_loss) == len(two_loss) == 6  # 3 training losses, 3 evaluations
     assert one_loss[-1] < one_loss[0], "training must move the loss for the comparison to mean anything"
     assert two_loss == pytest.approx(one_loss, rel=1e-4, abs=1e-5)
 

@@ -243,16 +243,20 @@ def copy_back_(original: nn.Module, replica: nn.Module, engine: str) -> nn.Modul
 
 
 def save_gathered_weights(model: nn.Module, engine: str, path: str | Path, is_main: bool) -> None:
-    """`checkpoint.save_weights` for a sharded model: gather on all ranks, rank 0 writes
-    `<path>/model.safetensors` (the same layout, loadable with `checkpoint.load_weights`)."""
-    from safetensors.torch import save_file
-
-    from sparseft.utils.io import atomic_dir
+    """`checkpoint.save_weights` for a sharded model: every rank gathers (a collective), rank 0
+    writes the checkpoint layout (`checkpoint.save_weights_from_state`: every non-frozen state_dict
+    entry, tied tensors once), which `checkpoint.load_weights` reads into the plain model."""
+    from sparseft.train.checkpoint import frozen_names, save_weights_from_state
 
     state = gather_full_state(model, engine)
+    frozen, seen, out = frozen_names(model), set(), {}
+    for name, t in model.state_dict(keep_vars=True).items():  # on every rank: FSDP's hooks may communicate
+        if name in frozen or id(t) in seen:
+            continue
+        seen.add(id(t))
+        out[name] = state[name] if name in state else t.detach().cpu()  # e.g. the swaps' empty guards
     if is_main:
-        with atomic_dir(Path(path)) as tmp:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        save_weights_from_state(out, path)
 
 
 # ---- DeepSpeed configuration ------------------------------------------------------------------------
