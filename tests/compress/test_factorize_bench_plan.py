@@ -1,0 +1,69 @@
+"""The factorization benchmark's run plan: every run is a valid recipe whose stage configs
+validate, with the protocol's sizes and calibration (nothing heavy runs)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import sparseft.compress.factorize.stage  # noqa: F401  the stages (also imported by sparseft.methods)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_factorize", ROOT / "benchmarks" / "bench_factorize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(bench, **kw):
+    base = dict(methods=list(bench.METHODS), ratios=None, epochs=1, teacher=bench.TEACHER, lm_model="smollm2",
+                lm_data="", no_pruning=False, limit=0)
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("limit", [0, 16])
+def test_every_planned_run_is_a_valid_recipe(limit):
+    from sparseft.config.recipe import load_recipe
+    from sparseft.methods import build_stage_config
+
+    bench = _bench()
+    counts = {}
+    for part in bench.PARTS:
+        runs = bench.plan(part, _args(bench, limit=limit))
+        counts[part] = len(runs)
+        for run in runs:
+            recipe = load_recipe(ROOT / run["recipe"], run["overrides"])
+            for stage in recipe.stages:
+                build_stage_config(stage, recipe)
+            assert recipe.output_dir.endswith(run["name"])
+    assert counts == {"minilm": 12, "smollm2": 1 + 12 + 6}
+
+
+def test_protocol_sizes_calibration_and_equal_storage():
+    from sparseft.config.recipe import load_recipe
+
+    bench = _bench()
+    runs = {r["name"]: r for r in bench.plan("smollm2", _args(bench))}
+    fz = load_recipe(ROOT / runs["smollm2_whiten_svd_20"]["recipe"], runs["smollm2_whiten_svd_20"]["overrides"])
+    stage = fz.stages[0].params
+    assert stage["factorizer_args"] == {"ratio": 0.2} and stage["calib_samples"] == 128
+    assert fz.data.block_size == 512 and fz.data.eval_limit == 48
+    pr = runs["smollm2_sparsegpt_size20"]
+    params = load_recipe(ROOT / pr["recipe"], pr["overrides"]).stages[0].params
+    assert params["pruner_args"] == {"sparsity": pytest.approx(0.2 + 1 / 32)} and params["calib_samples"] == 128
+    minilm = bench.plan("minilm", _args(bench, methods=["fisher_svd"], ratios=[0.3], epochs=2))
+    assert len(minilm) == 1
+    rec = load_recipe(ROOT / minilm[0]["recipe"], minilm[0]["overrides"])
+    st = rec.stages[0].params
+    assert st["factorizer"] == "fisher_svd" and st["epochs"] == 2 and st["distill"] is True
+    assert json.loads(json.dumps(st["factorizer_args"])) == {"ratio": 0.3, "targets": [r"re:encoder\.layer"]}
+    assert rec.model == bench.TEACHER
