@@ -110,6 +110,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
     for p in head_params.values():
         p.requires_grad_(True)
     layers = sparsify_(model, masks)
+    mask_names, masks = sorted(masks), None  # the bool masks (1 B per targeted entry) are not kept while training
     if not layers and not head_params:
         raise ValueError("nothing to train: the mask selects no entry and the model has no dense head")
 
@@ -133,7 +134,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
     # 4. diff, then merge -------------------------------------------------------------------------
     manifest = {"base_model": base_id or getattr(getattr(model, "config", None), "_name_or_path", ""),
                 "base_revision": getattr(getattr(model, "config", None), "_commit_hash", None),  # hub commit
-                "base_fingerprint": base_fp, "fingerprint_tensors": sorted(masks),
+                "base_fingerprint": base_fp, "fingerprint_tensors": mask_names,
                 "method": mask_cfg.to_dict(), "mask": REGISTRY.for_config(mask_cfg).name,
                 "train": train_cfg.to_dict(), "targeted_params": n_targeted, "heads": heads,
                 **task_info(model)}
