@@ -12,6 +12,8 @@ from typing import Any
 
 import sparseft.chat.data  # noqa: F401  stage: chat_data
 import sparseft.chat.stage  # noqa: F401  stages: chat_sft, chat_eval
+import sparseft.compress.factorize.methods  # noqa: F401  factorize: svd, asvd, whiten_svd, fisher_svd
+import sparseft.compress.factorize.stage  # noqa: F401  stages: factorize, factorize_finetune
 import sparseft.compress.prune.magnitude  # noqa: F401  prune: magnitude
 import sparseft.compress.prune.movement  # noqa: F401  prune: movement
 import sparseft.compress.prune.nm  # noqa: F401  prune: nm
@@ -22,9 +24,11 @@ import sparseft.compress.prune.structured  # noqa: F401  prune: structured
 import sparseft.compress.prune.wanda  # noqa: F401  prune: wanda
 import sparseft.compress.quantize.dynamic  # noqa: F401  quantize: dynamic_int8
 import sparseft.compress.quantize.gptq  # noqa: F401  quantize: gptq
+import sparseft.compress.quantize.half  # noqa: F401  quantize: half
 import sparseft.compress.quantize.kmeans  # noqa: F401  quantize: kmeans
 import sparseft.compress.quantize.nf4  # noqa: F401  quantize: nf4
 import sparseft.compress.quantize.rtn  # noqa: F401  quantize: rtn
+import sparseft.compress.quantize.static  # noqa: F401  quantize: static_int8
 import sparseft.compress.quantize.stage  # noqa: F401  stage: quantize
 import sparseft.eval.stage  # noqa: F401  stage: eval
 import sparseft.export.compressed_stage  # noqa: F401  stage: export

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sparseft.chat.launch import (ZERO_STAGES, in_launched_process, launch_command, launch_env,
                                   require_deepspeed, write_accelerate_config)
+from sparseft.cli.common import add_overwrite_arg
 
 DEFAULT_LR = {"full": 2e-5, "sparse": 2e-4, "lora": 2e-4}
 DTYPES = {"fp32": "no", "fp16": "fp16", "bf16": "bf16", "auto": "auto", "no": "no"}
@@ -41,6 +42,7 @@ def _add_sft_parser(sub) -> None:
     p.add_argument("--model", "--model_name_or_path", dest="model", default="smollm2",
                    help="alias (smollm2), folder, .gguf or hub id")
     p.add_argument("--output-dir", "--output_dir", dest="output_dir", default="runs/chat_sft", help="run folder")
+    add_overwrite_arg(p)
     d = p.add_argument_group("data")
     d.add_argument("--train", "--data_path", dest="train", required=True, help="chat training file (JSONL/JSON)")
     d.add_argument("--eval", default="", help="eval file (default: hold out --eval-fraction of train)")
@@ -85,8 +87,11 @@ def _add_sft_parser(sub) -> None:
     t.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=0.0,
                    help="AdamW weight decay")
     t.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up")
-    t.add_argument("--mixed-precision", "--dtype", dest="mixed_precision", default="auto",
-                   help="auto, no/fp32, bf16 or fp16")
+    t.add_argument("--mixed-precision", dest="mixed_precision", default="auto",
+                   help="autocast: auto, no/fp32, bf16 or fp16")
+    t.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                   help="DeepSpeed-Chat's --dtype: the frozen weights are stored (and computed) in it; "
+                        "trainable tensors (sparse values, LoRA, heads) stay fp32 (default: fp32)")
     t.add_argument("--eval-every", default="epoch", help="'epoch', 'never' or every N steps")
     t.add_argument("--log-every", type=int, default=10, help="log the training loss every N steps")
     t.add_argument("--seed", type=int, default=42, help="random seed")
@@ -99,6 +104,9 @@ def _add_sft_parser(sub) -> None:
     s.add_argument("--zero-stage", "--zero_stage", dest="zero_stage", type=int, choices=ZERO_STAGES, default=0,
                    help="DeepSpeed ZeRO stage (> 0 launches through accelerate + DeepSpeed)")
     s.add_argument("--offload", action="store_true", help="ZeRO CPU offload (optimizer; parameters at stage 3)")
+    s.add_argument("--distributed", choices=["ddp", "fsdp", "deepspeed"], default="ddp",
+                   help="ddp: whole model per process; fsdp: FSDP2 sharding (torchrun); deepspeed: ZeRO "
+                        "(set by --zero_stage > 0); see docs/scaling.md")
     o = p.add_argument_group("evaluation / output")
     o.add_argument("--eval-before", action="store_true", help="also evaluate the model before training")
     o.add_argument("--samples", type=int, default=0, help="generate replies for the first N eval prompts")
@@ -132,8 +140,11 @@ def build_recipe_dict(args: argparse.Namespace) -> dict:
     mode = args.mode or ("lora" if args.lora_dim > 0 or args.lora_dim_for_density else "full")
     if args.mixed_precision not in DTYPES:
         raise ValueError(f"unknown --mixed-precision/--dtype {args.mixed_precision!r}; valid: {sorted(DTYPES)}")
-    if args.offload and args.zero_stage == 0:
-        raise ValueError("--offload needs --zero_stage 1, 2 or 3")
+    if args.offload and args.zero_stage == 0 and args.distributed != "fsdp":
+        raise ValueError("--offload needs --zero_stage 1, 2 or 3 (or --distributed fsdp on GPUs)")
+    distributed = "deepspeed" if args.zero_stage > 0 else args.distributed
+    if distributed == "deepspeed" and args.zero_stage == 0:
+        raise ValueError("--distributed deepspeed needs --zero_stage 1, 2 or 3")
     data = {"task": "lm", "train": args.train}
     if args.eval:
         data["eval"] = args.eval
@@ -145,6 +156,8 @@ def build_recipe_dict(args: argparse.Namespace) -> dict:
              "eval_batch_size": args.eval_batch_size, "grad_accum": args.grad_accum,
              "lr": args.lr or DEFAULT_LR[mode], "weight_decay": args.weight_decay,
              "warmup_ratio": args.warmup_ratio, "mixed_precision": DTYPES[args.mixed_precision],
+             "distributed": distributed, "zero_stage": args.zero_stage or 2, "offload": args.offload,
+             "base_dtype": args.dtype or "fp32",
              "eval_every": int(args.eval_every) if str(args.eval_every).isdigit() else args.eval_every,
              "log_every": args.log_every, "resume": not args.no_resume, "group_by_length": False,
              "progress": sys.stderr.isatty()}
@@ -175,17 +188,19 @@ def run_sft(args: argparse.Namespace) -> int:
         return _launch(args, recipe)
     from sparseft.pipeline import run as run_recipe
 
-    run_recipe(recipe)
+    run_recipe(recipe, overwrite=args.overwrite)
     return 0
 
 
 def _launch(args: argparse.Namespace, recipe) -> int:
     """Write the recipe (and DeepSpeed config) into the output folder and start the launcher."""
     from sparseft.methods import build_stage_config
+    from sparseft.pipeline import prepare_run_dir
     from sparseft.utils.io import atomic_write_text
 
     for stage in recipe.stages:  # fail here, not in N processes
         build_stage_config(stage, recipe)
+    prepare_run_dir(recipe, overwrite=args.overwrite)  # the launched `sparseft run` then finds it ours
     out = Path(args.output_dir)
     acc = None
     if args.zero_stage > 0:
@@ -197,7 +212,7 @@ def _launch(args: argparse.Namespace, recipe) -> int:
     atomic_write_text(recipe_path, recipe.to_yaml())
     cmd = launch_command(recipe_path, num_processes=args.num_processes, accelerate_config=acc)
     print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.call(cmd, env=launch_env())
+    return subprocess.call(cmd, env=launch_env(deepspeed=args.zero_stage > 0))
 
 
 def run_chat(args: argparse.Namespace) -> int:

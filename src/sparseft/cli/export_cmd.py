@@ -2,6 +2,7 @@
 
     sparseft export runs/prune50/model --format compressed --output runs/prune50/compressed
     sparseft export runs/prune50/model --output out/p50 --float-dtype float16
+    sparseft export runs/conll/model --format onnx --int8 --output out/conll-onnx   # onnxruntime
 
 Sparse tensors are stored as bitmask + nonzero values (where that is smaller), quantized layers
 as packed integers + scales; see docs/quantization.md. The size is printed against fp32 and the
@@ -14,14 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 
+from sparseft.cli.common import add_overwrite_arg
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write a model as a compressed checkpoint (bitmask sparse + quantized)",
                        description="Export MODEL (a save_pretrained folder or alias) in --format.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="model folder (e.g. runs/prune/model) or alias")
-    p.add_argument("--format", choices=["compressed"], default="compressed", help="checkpoint format")
-    p.add_argument("--output", required=True, help="target folder (replaced if it exists)")
+    p.add_argument("--format", choices=["compressed", "onnx"], default="compressed",
+                   help="checkpoint format (onnx: encoders, read back by onnxruntime; export/onnx.py)")
+    p.add_argument("--int8", action="store_true", help="onnx: also write onnxruntime's dynamic int8 model")
+    p.add_argument("--output", required=True,
+                   help="target folder (replaced if sparseft wrote it with `export`; else needs --overwrite)")
+    add_overwrite_arg(p)
     p.add_argument("--task", choices=["ner", "cls", "lm"], help="task head (default: from the model config)")
     p.add_argument("--sparse", choices=["auto", "always", "never"], default="auto",
                    help="bitmask storage of 2-D tensors: where smaller, always, or never")
@@ -53,12 +60,17 @@ def run(args: argparse.Namespace) -> int:
     from sparseft.export.compressed import export_compressed
     from sparseft.load.model import load_model, load_tokenizer
     from sparseft.utils.io import atomic_write_json
+    from sparseft.utils.outdir import check_output_dir
 
+    # before loading: never replace a foreign folder, or one that holds the model being read
+    check_output_dir(args.output, owner="export", overwrite=args.overwrite, inputs=[args.model], replace=True)
     task = args.task or infer_task(args.model)
     model = load_model(args.model, task)
     tokenizer = load_tokenizer(args.model)
+    if args.format == "onnx":
+        return run_onnx(args, model, tokenizer)
     stats = export_compressed(model, args.output, tokenizer=tokenizer, sparse=args.sparse,
-                              float_dtype=args.float_dtype)
+                              float_dtype=args.float_dtype, overwrite=args.overwrite, owner="export")
     report = {**stats, "weights_mb": stats["weights_bytes"] / 2**20, "fp32_mb": stats["fp32_bytes"] / 2**20}
     if not args.no_verify:
         report["verify"] = verify(model, args.output)
@@ -72,4 +84,22 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, report)
     else:
         print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def run_onnx(args: argparse.Namespace, model, tokenizer) -> int:
+    """`--format onnx`: model.onnx (+ model_int8.onnx), checked in onnxruntime unless --no-verify."""
+    from sparseft.export.onnx import export_onnx
+    from sparseft.utils.io import atomic_write_json
+
+    stats = export_onnx(model, args.output, tokenizer=tokenizer, int8=args.int8, verify=not args.no_verify,
+                        overwrite=args.overwrite, owner="export")
+    sizes = f"{stats['onnx_bytes'] / 2**20:.2f} MB fp32" + (
+        f", {stats['int8_bytes'] / 2**20:.2f} MB int8" if stats["int8_bytes"] else "")
+    print(f"wrote {args.output}: {sizes}")
+    for kind, check in (stats.get("verify") or {}).items():
+        print(f"onnxruntime check ({kind}): max |logit diff| {check['max_abs_logit_diff']:.3g}, "
+              f"argmax agreement {check['argmax_agreement']:.1%}")
+    if args.json:
+        atomic_write_json(args.json, stats)
     return 0

@@ -5,8 +5,7 @@ per device, for AdamW (two fp32 moments per trainable entry, in the trainable te
 
   weights      frozen entries at `base_dtype` + trainable entries at `train_bytes` (fp32, or bf16
                when full fine-tuning runs with base_dtype bf16: the model itself is cast);
-               sparse adds its int64 indices (8 B/entry, replicated: buffers are never sharded)
-               and the bool masks sparse_finetune keeps during training (1 B per targeted entry).
+               sparse adds its int64 indices (8 B/entry, replicated: buffers are never sharded).
   gradients    one per trainable entry (train_bytes); sparse also builds one dense fp32 gradient
                of its largest targeted weight transiently in backward (SparseDelta).
   optimizer    2 x trainable entries x train_bytes (exp_avg, exp_avg_sq).
@@ -157,7 +156,7 @@ def budget(shape: ModelShape, inp: PlanInput) -> Budget:
     else:
         train_bytes, frozen_bytes = 4, shape.params * base
     return Budget(trainable=trainable, frozen_bytes=frozen_bytes, train_bytes=train_bytes,
-                  index_bytes=8.0 * trainable + shape.linear_params if inp.mode == "sparse" else 0.0,
+                  index_bytes=8.0 * trainable if inp.mode == "sparse" else 0.0,
                   grad_transient=4.0 * shape.largest_linear if inp.mode == "sparse" else 0.0,
                   activations=activation_bytes(shape, inp))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparseft.config.base import BaseConfig, known_config
+from sparseft.train.distributed import BASE_DTYPES, DISTRIBUTED, ZERO_STAGES
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
@@ -25,9 +26,19 @@ class TrainConfig(BaseConfig):
         metric_for_best: metric key to select the best checkpoint ('auto': f1 / accuracy /
             -perplexity by task); greater_is_better is inferred ('loss'/'perplexity' are minimised).
         save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
-        resume: continue from output_dir/checkpoints/last when it exists.
+        resume: continue from output_dir/checkpoints/last when it exists; the checkpoint must come
+            from the same model, data and config (train/identity.py), else a one-line error.
         seed: seeds data order (per epoch), dropout and new heads.
         group_by_length: batch examples of similar length together (less padding, faster).
+        distributed: 'ddp' (whole model per process), 'fsdp' (FSDP2 fully_shard: parameters,
+            gradients and optimizer state sharded) or 'deepspeed' (ZeRO `zero_stage`); see
+            train/distributed.py and docs/scaling.md.
+        zero_stage: DeepSpeed ZeRO stage 1, 2 or 3 (distributed='deepspeed' only).
+        offload: CPU offload (deepspeed: optimizer state, + parameters at stage 3; fsdp: shards, GPU only).
+        gradient_checkpointing: recompute activations in backward (less memory, ~30% more compute).
+        base_dtype: dtype of the frozen weights ('fp32', 'bf16', 'fp16'); trainable tensors (sparse
+            values, LoRA, heads) stay fp32. Full fine-tuning has no frozen weights: the whole model is cast.
+            A 16-bit base computes in that dtype: mixed_precision 'auto' becomes it (others must match).
     """
 
     output_dir: str = "runs/train"
@@ -50,6 +61,11 @@ class TrainConfig(BaseConfig):
     seed: int = 42
     progress: bool = True
     group_by_length: bool = True
+    distributed: str = "ddp"
+    zero_stage: int = 2
+    offload: bool = False
+    gradient_checkpointing: bool = False
+    base_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 and not self.max_steps:
@@ -74,6 +90,20 @@ class TrainConfig(BaseConfig):
             raise ValueError(f"eval_every must be >= 1 steps, got {self.eval_every}")
         if self.save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        if self.zero_stage not in ZERO_STAGES:
+            raise ValueError(f"zero_stage must be one of {ZERO_STAGES}, got {self.zero_stage}")
+        if self.offload and self.distributed == "ddp":
+            raise ValueError("offload needs distributed='deepspeed' (ZeRO offload) or 'fsdp' (GPU only)")
+        if self.base_dtype not in BASE_DTYPES:
+            raise ValueError(f"base_dtype must be one of {tuple(BASE_DTYPES)}, got {self.base_dtype!r}")
+        if self.base_dtype != "fp32":  # 16-bit frozen weights compute in 16 bits (autocast the fp32 heads)
+            if self.mixed_precision == "auto":
+                self.mixed_precision = self.base_dtype
+            elif self.mixed_precision != self.base_dtype:
+                raise ValueError(f"base_dtype={self.base_dtype!r} computes in {self.base_dtype}: mixed_precision must "
+                                 f"be 'auto' or {self.base_dtype!r}, got {self.mixed_precision!r}")
 
 
 def best_metric_for(task: str, metric: str) -> tuple[str, bool]:

@@ -29,13 +29,16 @@ from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sparseft.train.checkpoint import (LoopState, has_checkpoint, load_checkpoint, load_weights,
-                                       save_checkpoint, save_weights)
+                                       prepare_run_dir, save_checkpoint, save_weights)
+from sparseft.train import distributed
 from sparseft.train.config import TrainConfig
+from sparseft.train.identity import build_identity
+from sparseft.train.precision import Probe, choose_precision, step_probe
 from sparseft.train.schedules import linear_warmup_decay
 
 LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
@@ -59,6 +62,7 @@ class TrainResult:
     peak_memory_mb: float = 0.0
     tokens_per_second: float = 0.0
     seconds_per_step: float = 0.0
+    resumed_from_step: int | None = None  # the checkpoint's step when resumed (== steps: already finished)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,16 +72,32 @@ def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return model(**batch).loss
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("mixed_precision='fp16' needs a GPU; use 'no' (or 'bf16' on CPUs with bf16 units)")
+def make_accelerator(cfg: TrainConfig, probe: Probe | None = None) -> Accelerator:
+    # 'auto': bf16 on GPUs that have it; on CPUs only with native bf16 units and a faster probed step
+    choice = choose_precision(cfg.mixed_precision, probe=probe)
+    if cfg.mixed_precision == "auto":
+        choice.log()  # one line: the decision and its reason
+    precision = choice.precision
     # cpu=True without CUDA: otherwise, under torchrun on a CPU machine, Accelerate treats every
     # process as its own single-process job (no loader sharding, no gradient all-reduce).
+    plugins = _engine_plugins(cfg)  # DeepSpeed: cpu=False, its CPU accelerator then talks gloo
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
-                       cpu=not torch.cuda.is_available())
+                       cpu=not torch.cuda.is_available() and not plugins, **plugins)
+
+
+def _engine_plugins(cfg: TrainConfig) -> dict:
+    """Accelerate's DeepSpeed plugin for distributed='deepspeed' (config dict from train/distributed.py)."""
+    if cfg.distributed != "deepspeed":
+        return {}
+    distributed.require_engine("deepspeed")
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    from sparseft.utils.dist import world_size
+
+    plugins = {"deepspeed_plugin": DeepSpeedPlugin(**distributed.deepspeed_plugin_kwargs(cfg, world_size()))}
+    if not torch.cuda.is_available():  # Accelerate picks a back end only for GPUs unless told
+        plugins["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+    return plugins
 
 
 def default_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -132,7 +152,7 @@ def peak_memory_mb() -> float:
 def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, *, collate_fn,
           eval_fn: EvalFn | None = None, metric: tuple[str, bool] = ("loss", False),
           loss_fn: LossFn = default_loss, post_step: Sequence[PostStep] = (),
-          param_groups: list[dict] | None = None) -> TrainResult:
+          param_groups: list[dict] | None = None, inputs: dict | None = None) -> TrainResult:
     """Train `model` in place on tokenized `train_data` and return a TrainResult.
 
     Args:
@@ -143,13 +163,17 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
         loss_fn: (model, batch) -> scalar loss; default `model(**batch).loss`.
         post_step: callables (model, step) run right after each optimizer.step().
         param_groups: optimizer groups; default AdamW groups over requires_grad parameters.
+        inputs: what the caller knows of the run beyond these arguments (model id, data files,
+            full stage config; `sparseft.train.identity.run_inputs`), recorded in checkpoints:
+            resume requires the same model, data and config (train/identity.py).
 
     Example:
         >>> result = train(model, data.train, TrainConfig(epochs=1), collate_fn=PadCollator(0))  # doctest: +SKIP
     """
     if len(train_data) == 0:
         raise ValueError("no training examples")
-    accelerator = make_accelerator(cfg)
+    probe_batch = [train_data[i] for i in range(min(len(train_data), cfg.batch_size))]
+    accelerator = make_accelerator(cfg, probe=step_probe(model, collate_fn(probe_batch), loss_fn))
     out = Path(cfg.output_dir)
     log_path = out / "log.jsonl"
     metric_name, greater = metric
@@ -157,8 +181,21 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
 
     # ---- set-up: optimizer, schedule, optional resume -------------------------------------
     set_seed(cfg.seed)
-    model.to(accelerator.device)
+    if is_main:
+        prepare_run_dir(out)  # what killed saves left: temporary copies of weights + optimizer
+    accelerator.wait_for_everyone()
+    identity = build_identity(model, train_data, cfg.to_dict(), inputs)  # hashed before .to(device)
+    distributed.prepare_model_(model, cfg)  # frozen weights in base_dtype, activation checkpointing
+    engine, original = distributed.engine_for(cfg, accelerator.num_processes), model
+    if engine is None:
+        model.to(accelerator.device)
     groups = param_groups if param_groups is not None else default_param_groups(model, cfg.weight_decay)
+    if engine:  # fsdp / deepspeed train a sharded replica; copied back into `original` at the end
+        distributed.check_engine_supported(engine, post_step=post_step,
+                                           resume_checkpoint=cfg.resume and has_checkpoint(out))
+        model, groups = distributed.make_replica(model, groups, engine=engine, device=accelerator.device,
+                                                 precision=accelerator.mixed_precision, offload=cfg.offload,
+                                                 zero_stage=cfg.zero_stage)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     n_proc = accelerator.num_processes
     lengths = [len(x["input_ids"]) for x in train_data]
@@ -168,13 +205,23 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = linear_warmup_decay(optimizer, total_steps, int(cfg.warmup_ratio * total_steps))
 
-    state = LoopState()
-    if cfg.resume and has_checkpoint(out):
-        state, saved_cfg = load_checkpoint(out, model, optimizer, scheduler)
-        _warn_config_drift(saved_cfg, cfg, accelerator)
+    state, resumed_from = LoopState(), None
+    if cfg.resume and has_checkpoint(out):  # ResumeMismatch unless same model, data and config
+        state, _ = load_checkpoint(out, model, optimizer, scheduler, identity)
         _truncate_log(log_path, state.step, is_main)
-        accelerator.print(f"resumed from {out}/checkpoints/last at step {state.step} (epoch {state.epoch})")
-    model, optimizer = accelerator.prepare(model, optimizer)
+        resumed_from = state.step
+        if state.step >= total_steps:
+            accelerator.print(f"{out} holds a finished run ({state.step} steps) of the same model, data and "
+                              f"config: nothing to train, its weights are reused (--no-resume / resume: false "
+                              f"trains afresh)")
+        else:
+            accelerator.print(f"resumed from {out}/checkpoints/last at step {state.step} (epoch {state.epoch})")
+    else:
+        _truncate_log(log_path, 0, is_main)  # a fresh start (e.g. --no-resume): no lines of an earlier run
+    if engine == "fsdp":  # already sharded by fully_shard: Accelerate must not DDP-wrap it
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     history: list[dict] = []
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
@@ -233,7 +280,7 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
             if isinstance(cfg.eval_every, int) and state.step % cfg.eval_every == 0:
                 _evaluate(model, eval_fn, state, metric_name, greater, out, history, accelerator)
             if cfg.save_every and state.step % cfg.save_every == 0:
-                _checkpoint(out, model, optimizer, scheduler, state, cfg, accelerator)
+                _checkpoint(out, model, optimizer, scheduler, state, cfg, accelerator, identity)
             if state.step >= total_steps:
                 break
         # ---- epoch end ------------------------------------------------------------------------
@@ -243,13 +290,17 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
                 _evaluate(model, eval_fn, state, metric_name, greater, out, history, accelerator)
             state.epoch += 1
             state.batches_in_epoch = 0
-            _checkpoint(out, model, optimizer, scheduler, state, cfg, accelerator)
+            _checkpoint(out, model, optimizer, scheduler, state, cfg, accelerator, identity)
     bar.close()
     train_seconds = time.perf_counter() - t_start
 
     # ---- finish: best weights back into the model ---------------------------------------------
     accelerator.wait_for_everyone()
     raw = accelerator.unwrap_model(model)
+    if engine:  # gather the full state on every rank into the caller's (unsharded) model
+        raw = distributed.copy_back_(original, raw, engine)
+    if cfg.gradient_checkpointing:
+        distributed.disable_gradient_checkpointing_(raw)
     if cfg.load_best_at_end and state.best_step is not None and (out / "best").exists():
         load_weights(raw, out / "best")
     steady = step_times[1:] or step_times
@@ -258,7 +309,7 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
         best_metric=state.best_metric, best_step=state.best_step, metric_name=metric_name,
         history=history, peak_memory_mb=peak_memory_mb(),
         tokens_per_second=tokens_seen / max(1e-9, train_seconds),
-        seconds_per_step=sorted(steady)[len(steady) // 2] if steady else 0.0)
+        seconds_per_step=sorted(steady)[len(steady) // 2] if steady else 0.0, resumed_from_step=resumed_from)
 
 
 def _evaluate(model, eval_fn, state: LoopState, metric_name: str, greater: bool, out: Path,
@@ -275,7 +326,10 @@ def _evaluate(model, eval_fn, state: LoopState, metric_name: str, greater: bool,
     better = state.best_metric is None or (value > state.best_metric if greater else value < state.best_metric)
     if better:
         state.best_metric, state.best_step = value, state.step
-        if accelerator.is_main_process:
+        engine = distributed.engine_of(raw, accelerator.distributed_type == DistributedType.DEEPSPEED)
+        if engine:  # a collective: every rank gathers, rank 0 writes
+            distributed.save_gathered_weights(raw, engine, out / "best", accelerator.is_main_process)
+        elif accelerator.is_main_process:
             save_weights(raw, out / "best")
     record = {"step": state.step, "epoch": state.epoch, "eval": metrics, "best": better}
     _append_log(out / "log.jsonl", record, accelerator.is_main_process)
@@ -285,10 +339,13 @@ def _evaluate(model, eval_fn, state: LoopState, metric_name: str, greater: bool,
 
 
 def _checkpoint(out: Path, model, optimizer, scheduler, state: LoopState, cfg: TrainConfig,
-                accelerator: Accelerator) -> None:
+                accelerator: Accelerator, identity: dict) -> None:
+    if distributed.engine_for(cfg, accelerator.num_processes):
+        return  # sharded runs write no resume checkpoint (train/distributed.py, docs/scaling.md)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.to_dict())
+        save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.to_dict(),
+                        identity)
     accelerator.wait_for_everyone()
 
 
@@ -309,13 +366,3 @@ def _truncate_log(path: Path, step: int, is_main: bool) -> None:
 
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
-
-_RESUME_KEYS = ("batch_size", "grad_accum", "lr", "seed", "epochs", "max_steps", "warmup_ratio")
-
-
-def _warn_config_drift(saved: dict, cfg: TrainConfig, accelerator: Accelerator) -> None:
-    saved_data = saved.get("_data", saved)
-    changed = {k: (saved_data.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if saved_data.get(k) != getattr(cfg, k)}
-    if changed:
-        accelerator.print(f"warning: resuming with changed settings {changed}; the result will differ "
-                          f"from an uninterrupted run")
