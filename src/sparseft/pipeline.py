@@ -94,14 +94,20 @@ def run(recipe: Recipe, *, print_report: bool = True, title: str | None = None,
     ctx = load_context(recipe, title=title)
     ctx.overwrite = overwrite
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        atomic_write_text(ctx.output_dir / "recipe.yaml", recipe.to_yaml())
+    # recipe.yaml is written once the first stage has succeeded: a run refused at its start (e.g. a
+    # resume into a folder holding another run) leaves the folder's earlier recipe.yaml untouched.
+    recipe_written = False
     for stage, (method, cfg) in zip(recipe.stages, (c for _, c in configs)):
         t0 = time.perf_counter()
         method.apply_fn(ctx, cfg, stage.name)
         ctx.report.log(stage.name, {"method": stage.method, "stage_seconds": time.perf_counter() - t0})
         if is_main_process():  # one writer under multi-process launches
+            if not recipe_written:
+                atomic_write_text(ctx.output_dir / "recipe.yaml", recipe.to_yaml())
+                recipe_written = True
             ctx.report.write(ctx.output_dir)
+    if is_main_process() and not recipe_written:
+        atomic_write_text(ctx.output_dir / "recipe.yaml", recipe.to_yaml())
     if print_report and is_main_process():
         print(ctx.report.render_text())
     return ctx

@@ -252,6 +252,8 @@ def test_cli_second_train_on_other_data_is_a_one_line_error(setup, tiny_bert_dir
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sparseft train: error")]
     assert len(err) == 1 and "train data file" in err[0] and str(b.resolve()) in err[0]
     assert err[0].endswith("train afresh with --no-resume (resume: false) or use another output folder")
+    recipe_text = (out / "recipe.yaml").read_text()  # the refused run left the first run's recipe
+    assert str(a.resolve()) in recipe_text and str(b.resolve()) not in recipe_text
     assert run(a) == 0  # identical and finished: said so, the same model is reported again
     assert "holds a finished run" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())["stages"]["finetune"]
