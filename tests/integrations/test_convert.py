@@ -49,7 +49,8 @@ def assert_same_diff(a, b):
 def test_diff_to_adapter_loads_in_peft_and_merges_bit_equal(trained, tiny_bert_dir, tmp_path):
     data, diff, root = trained
     out = diff_to_adapter(root / "diff", tmp_path / "adapter")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["README.md", "adapter_config.json",
+                                                                          "adapter_model.safetensors"]
     card = (out / "README.md").read_text()
     assert "library_name: peft" in card and "PeftModel.from_pretrained" in card and str(out) in card
     merged = PeftModel.from_pretrained(ner_model(tiny_bert_dir, data.labels, seed=1), out).merge_and_unload()
@@ -57,8 +58,16 @@ def test_diff_to_adapter_loads_in_peft_and_merges_bit_equal(trained, tiny_bert_d
     apply_diff_(ref, diff)
     for (n, p), (_, q) in zip(ref.named_parameters(), merged.named_parameters()):
         assert torch.equal(p, q), n
-    with pytest.raises(ValueError, match="not empty"):
-        diff_to_adapter(diff, out)
+    diff_to_adapter(diff, out)  # sparseft's own adapter folder: replaced by a rerun
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not written by sparseft"):
+        diff_to_adapter(diff, foreign)
+    assert (foreign / "todo.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="the input"):  # never over the diff being read, even with overwrite
+        diff_to_adapter(root / "diff", root, overwrite=True)
+    assert (root / "diff").is_dir()
 
 
 def test_diff_adapter_diff_round_trip_is_exact(trained, tiny_bert_dir, tmp_path):

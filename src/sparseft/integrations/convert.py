@@ -32,7 +32,7 @@ from sparseft.export.model_card import python_snippet, write_model_card
 from sparseft.export.sparse_diff import BaseMismatch, SparseDiff, load_diff
 from sparseft.integrations.peft_config import PEFT_TYPE, SparseFTConfig
 from sparseft.masks.config import MaskConfig
-from sparseft.utils.io import atomic_dir
+from sparseft.utils.outdir import replace_dir
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PREFIX = "base_model.model."
@@ -72,10 +72,9 @@ def diff_to_adapter(diff: SparseDiff | str | Path, directory: str | Path, *, ove
         >>> diff_to_adapter("runs/sft/diff", "runs/sft/adapter")                        # doctest: +SKIP
         >>> PeftModel.from_pretrained(base, "runs/sft/adapter").merge_and_unload()      # doctest: +SKIP
     """
+    source = None if isinstance(diff, SparseDiff) else diff
     diff = diff if isinstance(diff, SparseDiff) else load_diff(diff)
     directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise ValueError(f"{directory} exists and is not empty; pass overwrite=True to replace it")
     if not diff.indices:
         raise ValueError("the diff has no sparse entries: nothing for a sparse adapter to hold")
     m = diff.manifest
@@ -95,7 +94,8 @@ def diff_to_adapter(diff: SparseDiff | str | Path, directory: str | Path, *, ove
         base_fingerprint=m.get("base_fingerprint"), fingerprint_tensors=m.get("fingerprint_tensors"),
         base_dtype=base_dtype, shapes={n: list(s) for n, s in diff.shapes.items()}, labels=m.get("labels"),
         inference_mode=True)
-    with atomic_dir(directory) as tmp:
+    # a non-empty folder sparseft did not write needs `overwrite`; the input diff is never replaced
+    with replace_dir(directory, owner="diff to-adapter", overwrite=overwrite, inputs=[source]) as tmp:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         write_adapter_card(tmp, config, metrics=m.get("metrics"), load_path=str(directory))
