@@ -133,3 +133,14 @@ def test_compressed_export_refuses_layers_it_cannot_store(ner, tmp_path):
     sparsify_(ner, {"bert.encoder.layer.0.attention.self.query.weight": torch.ones(32, 32, dtype=torch.bool)})
     with pytest.raises(ValueError, match="cannot store SparseDelta layers yet.*merge_sparse_"):
         export_compressed(ner, tmp_path / "c")
+
+
+def test_truncated_quantized_weights_are_one_line_error_naming_the_file(ner, tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    quantize_(ner, DynamicInt8Config())
+    ner.save_pretrained(tmp_path / "q")
+    weights = tmp_path / "q" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])  # header cut short
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
+        AutoModelForTokenClassification.from_pretrained(tmp_path / "q")

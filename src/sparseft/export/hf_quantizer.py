@@ -69,7 +69,12 @@ def _header_shapes(checkpoint_files) -> dict[str, tuple[tuple[int, ...], torch.d
     for path in checkpoint_files or []:
         if not str(path).endswith(".safetensors"):
             raise ValueError(f"{path}: sparseft folders are read from safetensors files only")
-        with safe_open(str(path), framework="pt") as f:
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as exc:  # SafetensorError on a truncated / corrupt header
+            raise ValueError(f"{path}: not a readable safetensors file ({exc}); the folder is damaged, "
+                             f"save or export it again") from None
+        with handle as f:
             for name in f.keys():
                 sl = f.get_slice(name)
                 dtype = _DTYPES.get(sl.get_dtype())
