@@ -153,6 +153,22 @@ def worker(model_name: str, mode: str, args) -> dict:
             "within_20pct": 0.8 <= measured / planned <= 1.2, "train_seconds": seconds}
 
 
+def plan_record(records: list[dict], command: str, env: dict) -> dict:
+    """A rows record for BENCHMARKS.md: one row per (model, mode), planner parts as columns."""
+    rows = []
+    for r in records:
+        parts = r.get("planned_parts_mb") or {}
+        rows.append({"row": f"{r.get('model')} {r.get('mode')}", "planned_mb": r.get("planned_mb"),
+                     **{f"planned_{k}_mb": v for k, v in parts.items()}, "measured_mb": r.get("measured_mb"),
+                     "ratio": r.get("ratio"), "within_20pct": r.get("within_20pct"), "error": r.get("error"),
+                     "peak_rss_mb": r.get("peak_rss_mb"), "baseline_mb": r.get("baseline_mb")})
+    first = records[0] if records else {}
+    return {"experiment": "plan_check", "command": command, "env": env, "records_raw": records, "rows": rows,
+            "data": (f"random token batches of {first.get('batch_size')} x {first.get('seq_len')}, "
+                     f"{first.get('steps')} optimizer steps, 1 process, fp32; measured = peak RSS during training "
+                     f"- process baseline (RSS after loading - loaded tensor bytes)")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="minilm,smollm2")
@@ -196,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"plan-{stamp}.json"
-        path.write_text(json.dumps({"env": describe_environment(), "records": records}, indent=2, default=str) + "\n")
+        path.write_text(json.dumps(plan_record(records, " ".join(["python", "benchmarks/bench_plan.py", *sys.argv[1:]]),
+                                               describe_environment()), indent=2, default=str) + "\n")
         print(f"wrote {path.relative_to(ROOT)}")
     return 1 if any("error" in r or not r.get("within_20pct", False) for r in records if not args.smoke) else 0
 
