@@ -12,7 +12,9 @@ Labels for classification heads come from the data and are stored in the model c
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -136,7 +138,8 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
 
         kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     if task == "lm":
-        model, info = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
+        with quiet_loading():
+            model, info = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
         check_loading_info(name, model, info, new_head=False)
         return finish_loaded(model)
     config = AutoConfig.from_pretrained(src.path, **{k: v for k, v in kwargs.items()
@@ -160,10 +163,54 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
     label2id = {label: i for i, label in id2label.items()}
     auto = AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
     # ignore_mismatched_sizes: a checkpoint whose head has another label count gets a fresh head.
-    model, info = auto.from_pretrained(src.path, num_labels=len(labels), id2label=id2label, label2id=label2id,
-                                       ignore_mismatched_sizes=True, **kwargs)
+    # (num_labels follows from id2label; passing both made transformers warn about a mismatch.)
+    with quiet_loading():
+        model, info = auto.from_pretrained(src.path, id2label=id2label, label2id=label2id,
+                                           ignore_mismatched_sizes=True, **kwargs)
     check_loading_info(name, model, info, new_head=new_head)
+    if new_head:
+        print(load_summary(model, info, len(labels)))
     return finish_loaded(model)
+
+
+# transformers' loggers whose per-load output (LOAD REPORT table, config notes) we replace by one line
+_LOAD_LOGGERS = ("transformers.modeling_utils", "transformers.configuration_utils",
+                 "transformers.utils.loading_report", "transformers.core_model_loading")
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence transformers' load report and weight-loading bars for one load, then restore them.
+
+    The report's content is not lost: `check_loading_info` refuses missing tensors, and
+    `load_summary` prints the one fact a user needs (a new head and its labels).
+    """
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(n) for n in _LOAD_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_summary(model, info: dict, n_labels: int) -> str:
+    """One line in place of transformers' LOAD REPORT: the new head, and what was left unused."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    fresh = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys") or ()
+                    if not (prefix and k.startswith(f"{prefix}."))})
+    unused = sorted({k.split(".")[1] if k.startswith(f"{prefix}.") else k.split(".")[0]
+                     for k in info.get("unexpected_keys") or ()})
+    line = f"new head: {', '.join(fresh) or 'classifier'}, {n_labels} labels"
+    return line + (f" (unused checkpoint tensors: {', '.join(unused)})" if unused else "")
 
 
 def model_labels(model) -> list[str]:
