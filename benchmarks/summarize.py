@@ -146,7 +146,10 @@ def _from_row_records(rec: dict, path: Path) -> dict:
             continue
         if r.get("artifact_bytes") and r.get("dense_checkpoint_bytes"):
             r = {**r, "artifact_pct_of_dense": 100.0 * r["artifact_bytes"] / r["dense_checkpoint_bytes"]}
-        rows.append({k: r.get(k) for k in _ROW_COLUMNS} | {"command": r.get("command")})
+        if "score" in r:  # bench_sft.py rows
+            rows.append({k: r.get(k) for k in _ROW_COLUMNS} | {"command": r.get("command")})
+        else:  # other scripts' rows: their own scalar columns (nested values stay in the JSON)
+            rows.append({k: v for k, v in r.items() if not isinstance(v, (dict, list))})
     first = rec["records"][0] if rec["records"] else {}
     tasks = sorted({str(r.get("row", "")).split(":")[0] for r in rec["records"]})
     return {"experiment": f"{path.stem.rsplit('-', 1)[0]}_{'_'.join(tasks)}", "env": rec.get("env", {}),

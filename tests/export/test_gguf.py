@@ -124,3 +124,20 @@ def test_refuses_unsupported(tmp_path, bpe_tokenizer):
     with pytest.raises(ValueError, match="model types"):
         export_gguf(bert, tmp_path / "b.gguf", tokenizer=bpe_tokenizer)
     assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_cli_export_gguf_reads_back(tmp_path, bpe_tokenizer):
+    import json
+
+    from sparseft.cli.main import main
+
+    src = tmp_path / "llama"
+    tiny_llama(len(bpe_tokenizer), tied=True).save_pretrained(src)
+    bpe_tokenizer.save_pretrained(src)
+    out, report = tmp_path / "gguf", tmp_path / "gguf.json"
+    assert main(["export", str(src), "--format", "gguf", "--gguf-type", "q8_0", "--output", str(out),
+                 "--json", str(report)]) == 0
+    stats = json.loads(report.read_text())
+    assert (out / "model-q8_0.gguf").is_file() and stats["tensor_types"]["Q8_0"] > 0
+    assert stats["verify"]["argmax_agreement"] > 0.9 and stats["verify"]["max_abs_logit_diff"] < 0.1
+    assert main(["export", str(src), "--format", "gguf", "--output", str(src)]) == 2  # never over the input

@@ -3,6 +3,7 @@
     sparseft export runs/prune50/model --format compressed --output runs/prune50/compressed
     sparseft export runs/prune50/model --output out/p50 --float-dtype float16
     sparseft export runs/conll/model --format onnx --int8 --output out/conll-onnx   # onnxruntime
+    sparseft export smollm2 --format gguf --gguf-type q8_0 --output out/smollm2-gguf  # llama.cpp
 
 Sparse tensors are stored as bitmask + nonzero values (where that is smaller), quantized layers
 as packed integers + scales; see docs/quantization.md. The size is printed against fp32 and the
@@ -23,8 +24,11 @@ def add_parser(sub) -> None:
                        description="Export MODEL (a save_pretrained folder or alias) in --format.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="model folder (e.g. runs/prune/model) or alias")
-    p.add_argument("--format", choices=["compressed", "onnx"], default="compressed",
-                   help="checkpoint format (onnx: encoders, read back by onnxruntime; export/onnx.py)")
+    p.add_argument("--format", choices=["compressed", "onnx", "gguf"], default="compressed",
+                   help="checkpoint format (onnx: encoders, read back by onnxruntime; gguf: Llama-family "
+                        "decoders for llama.cpp, export/gguf.py)")
+    p.add_argument("--gguf-type", choices=["f32", "f16", "bf16", "q8_0", "q4_0"], default="f16",
+                   help="gguf: tensor type of the 2-D weights (norms stay f32)")
     p.add_argument("--int8", action="store_true", help="onnx: also write onnxruntime's dynamic int8 model")
     p.add_argument("--output", required=True,
                    help="target folder (replaced if sparseft wrote it with `export`; else needs --overwrite)")
@@ -69,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)
     if args.format == "onnx":
         return run_onnx(args, model, tokenizer)
+    if args.format == "gguf":
+        return run_gguf(args, model, tokenizer)
     stats = export_compressed(model, args.output, tokenizer=tokenizer, sparse=args.sparse,
                               float_dtype=args.float_dtype, overwrite=args.overwrite, owner="export")
     report = {**stats, "weights_mb": stats["weights_bytes"] / 2**20, "fp32_mb": stats["fp32_bytes"] / 2**20}
@@ -100,6 +106,43 @@ def run_onnx(args: argparse.Namespace, model, tokenizer) -> int:
     for kind, check in (stats.get("verify") or {}).items():
         print(f"onnxruntime check ({kind}): max |logit diff| {check['max_abs_logit_diff']:.3g}, "
               f"argmax agreement {check['argmax_agreement']:.1%}")
+    if args.json:
+        atomic_write_json(args.json, stats)
+    return 0
+
+
+def run_gguf(args: argparse.Namespace, model, tokenizer) -> int:
+    """`--format gguf`: OUTPUT/model-<type>.gguf (tokenizer copied from a source GGUF when the model
+    came from one), read back by transformers' GGUF loader and compared unless --no-verify."""
+    from pathlib import Path
+
+    import torch
+
+    from sparseft.export.gguf import export_gguf
+    from sparseft.load.model import resolve_model
+    from sparseft.utils.io import atomic_write_json
+    from sparseft.utils.outdir import replace_dir
+
+    src = resolve_model(args.model)
+    source_gguf = Path(src.path) / src.gguf_file if src.gguf_file else None
+    name = f"model-{args.gguf_type}.gguf"
+    with replace_dir(args.output, owner="export", overwrite=args.overwrite, inputs=[args.model]) as tmp:
+        stats = export_gguf(model, Path(tmp) / name, tokenizer=None if source_gguf else tokenizer,
+                            tokenizer_gguf=source_gguf, qtype=args.gguf_type)
+    stats["path"] = str(Path(args.output) / name)
+    print(f"wrote {stats['path']}: {stats['bytes'] / 2**20:.2f} MB, tensor types {stats['tensor_types']}")
+    if not args.no_verify:
+        from transformers import AutoModelForCausalLM
+
+        back = AutoModelForCausalLM.from_pretrained(args.output, gguf_file=name, dtype=torch.float32).eval()
+        ids = torch.randint(5, max(6, int(model.config.vocab_size) - 1), (2, 16),
+                            generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            a, b = model.eval()(input_ids=ids).logits.float(), back(input_ids=ids).logits.float()
+        stats["verify"] = {"max_abs_logit_diff": float((a - b).abs().max()),
+                           "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+        print(f"transformers GGUF read-back: max |logit diff| {stats['verify']['max_abs_logit_diff']:.3g}, "
+              f"argmax agreement {stats['verify']['argmax_agreement']:.1%}")
     if args.json:
         atomic_write_json(args.json, stats)
     return 0
