@@ -80,3 +80,8 @@ def measure_cost(model, *, seq_len: int = 64, repeats: int = 10, throughput_batc
 
 def weights_size_bytes(path: str | Path) -> int:
     return dir_size_bytes(path)
+
+
+def stage_cost(model, cfg) -> dict | None:
+    """`measure_cost` with a stage config's `cost` / `seq_len` / `repeats` fields (None when cost is off)."""
+    return measure_cost(model, seq_len=cfg.seq_len, repeats=cfg.repeats) if cfg.cost else None

@@ -32,6 +32,7 @@ from sparseft.compress.calibration import check_calibration, stage_calibration_b
 from sparseft.compress.factorize.api import apply_plan_, plan_factorization
 from sparseft.compress.factorize.layer import factorized_summary
 from sparseft.config.base import BaseConfig, save_config
+from sparseft.eval.cost import stage_cost
 from sparseft.registry import REGISTRY, register_method
 from sparseft.train.config import TrainConfig
 from sparseft.utils.io import atomic_write_json
@@ -80,12 +81,6 @@ class FactorizeStageConfig(BaseConfig):
 
     def build(self) -> BaseConfig:
         return build_factorizer_config(self.factorizer, self.factorizer_args)
-
-
-def _cost(model, cfg) -> dict | None:
-    from sparseft.eval.cost import measure_cost
-
-    return measure_cost(model, seq_len=cfg.seq_len, repeats=cfg.repeats) if cfg.cost else None
 
 
 def _evaluate(ctx, cfg) -> dict | None:
@@ -141,9 +136,9 @@ def _log(ctx, name: str, fcfg: BaseConfig, out_dir: str, metrics: dict, dense: d
 def factorize_stage(ctx, cfg: FactorizeStageConfig, name: str) -> None:
     fcfg = cfg.build()
     dense = _evaluate(ctx, cfg)
-    before = _cost(ctx.model, cfg)
+    before = stage_cost(ctx.model, cfg)
     metrics = factorize_model(ctx, cfg, fcfg)
-    _log(ctx, name, fcfg, cfg.output_dir, metrics, dense, _evaluate(ctx, cfg), before, _cost(ctx.model, cfg))
+    _log(ctx, name, fcfg, cfg.output_dir, metrics, dense, _evaluate(ctx, cfg), before, stage_cost(ctx.model, cfg))
 
 
 @dataclass
@@ -219,7 +214,7 @@ def factorize_finetune_stage(ctx, cfg: FactorizeFinetuneConfig, name: str) -> No
     fcfg = cfg.build()
     teacher = load_teacher(ctx, cfg) if cfg.distill else None      # before factorizing: the dense model
     dense = _evaluate(ctx, cfg)
-    before = _cost(model, cfg)
+    before = stage_cost(model, cfg)
     metrics = factorize_model(ctx, cfg, fcfg)
     after = _evaluate(ctx, cfg)
     metric = best_metric_for(data.task, cfg.metric_for_best)
@@ -245,7 +240,7 @@ def factorize_finetune_stage(ctx, cfg: FactorizeFinetuneConfig, name: str) -> No
                     "best_step": result.best_step})
     if teacher is not None:
         del teacher
-    _log(ctx, name, fcfg, cfg.output_dir, metrics, dense, after, before, _cost(model, cfg))
+    _log(ctx, name, fcfg, cfg.output_dir, metrics, dense, after, before, stage_cost(model, cfg))
 
 
 register_method(kind="stage", name="factorize", config_cls=FactorizeStageConfig, apply_fn=factorize_stage,

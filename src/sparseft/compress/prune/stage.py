@@ -38,6 +38,7 @@ from sparseft.compress.prune.random import random_scores
 from sparseft.compress.prune.schedule import (CubicSchedule, FixedScorer, GradualPruner, KeepMasks,
                                               MagnitudeScorer)
 from sparseft.config.base import BaseConfig, save_config
+from sparseft.eval.cost import stage_cost
 from sparseft.registry import REGISTRY, register_method
 from sparseft.train.config import TrainConfig
 from sparseft.train.identity import recipe_inputs
@@ -87,12 +88,6 @@ class PruneStageConfig(BaseConfig):
         return build_pruner_config(self.pruner, self.pruner_args)
 
 
-def _cost(model, cfg) -> dict | None:
-    from sparseft.eval.cost import measure_cost
-
-    return measure_cost(model, seq_len=cfg.seq_len, repeats=cfg.repeats) if cfg.cost else None
-
-
 def _structure(model) -> dict:
     c = model.config
     keys = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
@@ -128,12 +123,12 @@ def _log_result(ctx, name: str, pcfg: BaseConfig, out_dir: str, before: dict | N
 def prune_stage(ctx, cfg: PruneStageConfig, name: str) -> None:
     pcfg = cfg.build()
     batches = stage_calibration_batches(ctx, cfg.calib_samples, cfg.calib_batch_size) if needs_batches(pcfg) else None
-    before = _cost(ctx.model, cfg)
+    before = stage_cost(ctx.model, cfg)
     structure_before = _structure(ctx.model)
     t0 = time.perf_counter()
     prune_(ctx.model, pcfg, batches=batches)
     seconds = time.perf_counter() - t0
-    _log_result(ctx, name, pcfg, cfg.output_dir, before, _cost(ctx.model, cfg),
+    _log_result(ctx, name, pcfg, cfg.output_dir, before, stage_cost(ctx.model, cfg),
                 {"prune_seconds": seconds, "calib_examples": sum(len(b["input_ids"]) for b in batches or []),
                  "structure_before": structure_before})
 
@@ -275,7 +270,7 @@ def prune_finetune_stage(ctx, cfg: PruneFinetuneConfig, name: str) -> None:
     pcfg = cfg.build_pruner()
     train_cfg = cfg.train_config()
     teacher = load_teacher(ctx, cfg) if cfg.distill else None     # before pruning: the dense model
-    before = _cost(model, cfg)
+    before = stage_cost(model, cfg)
     structure_before = _structure(model)
     metric_name, greater = best_metric_for(data.task, cfg.metric_for_best)
     select = (metric_name, greater)
@@ -328,7 +323,7 @@ def prune_finetune_stage(ctx, cfg: PruneFinetuneConfig, name: str) -> None:
                   f"best_{metric_name}": result.best_metric, "best_step": result.best_step})
     if teacher is not None:
         del teacher
-    _log_result(ctx, name, pcfg, cfg.output_dir, before, _cost(model, cfg), extra)
+    _log_result(ctx, name, pcfg, cfg.output_dir, before, stage_cost(model, cfg), extra)
 
 
 register_method(kind="stage", name="prune", config_cls=PruneStageConfig, apply_fn=prune_stage,
