@@ -14,7 +14,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "sparseft"
 FLOORS = {"utils": 0, "config": 0, "registry": 0, "load": 1, "masks": 2, "train": 3, "sft": 4, "compress": 5,
-          "eval": 6, "export": 7, "report": 8}
+          "experts": 5, "eval": 6, "export": 7, "report": 8}
 
 # importer module -> upward imports it still makes (module paths cut to sparseft.<floor>.<module>).
 KNOWN = {
@@ -23,6 +23,7 @@ KNOWN = {
     "compress.factorize.stage": {"sparseft.eval.cost", "sparseft.eval.evaluate"},
     "compress.prune.stage": {"sparseft.eval.cost", "sparseft.eval.evaluate"},
     "compress.quantize.stage": {"sparseft.eval.cost", "sparseft.export.compressed"},
+    "experts.stage": {"sparseft.eval.cost", "sparseft.eval.evaluate"},
     "sft.stage": {"sparseft.eval.evaluate", "sparseft.export.sparse_diff"},
     "train.lora_stage": {"sparseft.eval.evaluate"},
     "train.stage": {"sparseft.eval.evaluate"},

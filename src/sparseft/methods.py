@@ -31,6 +31,9 @@ import sparseft.compress.quantize.rtn  # noqa: F401  quantize: rtn
 import sparseft.compress.quantize.static  # noqa: F401  quantize: static_int8
 import sparseft.compress.quantize.stage  # noqa: F401  stage: quantize
 import sparseft.eval.stage  # noqa: F401  stage: eval
+import sparseft.experts.moefy  # noqa: F401  experts: moefy
+import sparseft.experts.stage  # noqa: F401  stage: moefy
+import sparseft.experts.upcycle  # noqa: F401  experts: upcycle
 import sparseft.export.compressed_stage  # noqa: F401  stage: export
 import sparseft.export.stage  # noqa: F401  stage: save
 import sparseft.sft.stage  # noqa: F401  stage: sft (and, through masks.select, every mask method)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 # The kinds of method the library knows; a new family of methods adds its kind here.
-KINDS = ("mask", "prune", "quantize", "factorize", "stage", "task")
+KINDS = ("mask", "prune", "quantize", "factorize", "experts", "attention", "stage", "task")
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_\-:]*$")
 
