@@ -14,7 +14,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "sparseft"
 FLOORS = {"utils": 0, "config": 0, "registry": 0, "load": 1, "masks": 2, "train": 3, "sft": 4, "compress": 5,
-          "experts": 5, "eval": 6, "export": 7, "report": 8}
+          "attention": 5, "experts": 5, "eval": 6, "export": 7, "report": 8}
 
 # importer module -> upward imports it still makes (module paths cut to sparseft.<floor>.<module>).
 KNOWN = {
@@ -33,7 +33,9 @@ KNOWN = {
     # the recipe's data block is DataConfig itself
     "config.recipe": {"sparseft.load.data"},
     # the artifact loader reads every format the exporters write (format readers belong in load/)
-    "load.artifacts": {"sparseft.export.compressed", "sparseft.export.sparse_diff", "sparseft.integrations",
+    # (and a folder saved with sparse attention switches it back on)
+    "load.artifacts": {"sparseft.attention.apply", "sparseft.export.compressed", "sparseft.export.sparse_diff",
+                       "sparseft.integrations",
                        "sparseft.sft.layer"},
     # data-driven masks run a few training steps (lottery) through the loop
     "masks.select": {"sparseft.train.loop"},

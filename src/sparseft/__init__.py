@@ -76,6 +76,9 @@ _PUBLIC = {
     "WhitenedSVDConfig": "sparseft.compress.factorize.methods:WhitenedSVDConfig",
     "FisherSVDConfig": "sparseft.compress.factorize.methods:FisherSVDConfig",
     "factorize_": "sparseft.compress.factorize.api:factorize_",   # configs: sparseft.compress.factorize
+    # sparse attention
+    "sparsify_attention_": "sparseft.attention.apply:sparsify_attention_",
+    "SparseAttentionConfig": "sparseft.attention.config:SparseAttentionConfig",
     # evaluation and recipes
     "evaluate": "sparseft.eval.evaluate:evaluate",
     "Recipe": "sparseft.config.recipe:Recipe",

@@ -10,6 +10,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import sparseft.attention.apply  # noqa: F401  attention: sparse
+import sparseft.attention.stage  # noqa: F401  stage: sparse_attention
 import sparseft.chat.data  # noqa: F401  stage: chat_data
 import sparseft.chat.stage  # noqa: F401  stages: chat_sft, chat_eval
 import sparseft.compress.factorize.methods  # noqa: F401  factorize: svd, asvd, whiten_svd, fisher_svd

@@ -181,6 +181,7 @@ def finish_loaded(model):
       (`remove_quantization_config`, transformers' own way).
     * a folder saved while sparse fine-tuning wrappers were in place comes back wrapped: merge
       them (W0 + delta), and detach sparseft's quantizer when no swapped module is left.
+    * a folder saved with sparse attention (config.json `sparseft_attention`): re-enable it.
     """
     quantizer = getattr(model, "hf_quantizer", None)
     method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
@@ -195,4 +196,8 @@ def finish_loaded(model):
             merge_sparse_(model)
         if not swapped_modules(model):
             quantizer.remove_quantization_config(model)
+    if getattr(model.config, "sparseft_attention", None):  # saved with sparse attention: switch it back on
+        from sparseft.attention.apply import restore_attention_
+
+        restore_attention_(model)
     return model
