@@ -27,6 +27,10 @@ from sparseft.cli.main import main
 MODES = {  # mode -> (extra flags, saved artifact folder under the run, file in it)
     "full": (["--mode", "full", "--lr", "3e-3"], "model", "model.safetensors"),
     "sparse": (["--mode", "sparse", "--density", "0.1", "--lr", "3e-2", "--no-save"], "sft/diff", "diff.safetensors"),
+    # fisher: 32 calibration batches; under fsdp each rank runs its half of every global batch
+    # through a sharded replica and sums the squares of its gradient shard (sft/sharded_select.py)
+    "sparse_fisher": (["--mode", "sparse", "--mask", "fisher", "--density", "0.1", "--lr", "3e-2", "--no-save"],
+                      "sft/diff", "diff.safetensors"),
     "lora": (["--mode", "lora", "--lora_dim", "2", "--lr", "3e-2", "--no-save"], "sft/adapter",
              "adapter_model.safetensors"),
 }
@@ -58,7 +62,7 @@ def _tensors(run: Path, sub: str, name: str) -> dict:
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 ENGINES = [  # (mode, engine flags); DeepSpeed rows run where it is installed (not in `make test`)
-    *[(mode, ["--distributed", "fsdp"]) for mode in MODES],
+    *[(mode, ["--distributed", "fsdp"]) for mode in MODES],  # sparse modes select their masks from shards
     *[pytest.param(mode, flags, marks=pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed not installed"))
       for mode, flags in (("full", ["--zero_stage", "2", "--offload"]), ("sparse", ["--zero_stage", "3", "--offload"]),
                           ("lora", ["--zero_stage", "3"]))],
@@ -82,6 +86,10 @@ def test_sharded_two_processes_match_one(mode, engine, tiny_llama_dir, toy_chat_
         line = next(x for x in two.stderr.splitlines() if x.startswith("fsdp:"))
         held, total = (int(v.replace(",", "")) for v in line.split("holds ")[1].split(" parameter")[0].split(" of "))
         assert 0.4 * total < held < 0.6 * total, line
+        if mode.startswith("sparse"):  # the masks too: each rank scored only its rows (~half the entries)
+            line = next(x for x in two.stderr.splitlines() if x.startswith("sharded mask selection"))
+            scored, total = (int(v.replace(",", "")) for v in line.split("scored ")[1].split(" targeted")[0].split(" of "))
+            assert 0.4 * total < scored < 0.6 * total, line
     else:  # DeepSpeed ran with 2 synchronised processes (rank 0 alone writes the report)
         report = json.loads((tmp_path / "two" / "metrics.json").read_text())["stages"]["sft"]
         assert report["num_processes"] == 2
@@ -94,6 +102,10 @@ def test_sharded_two_processes_match_one(mode, engine, tiny_llama_dir, toy_chat_
 
     a, b = _tensors(tmp_path / "one", sub, fname), _tensors(tmp_path / "two", sub, fname)
     assert sorted(a) == sorted(b) and a
+    if mode.startswith("sparse"):  # the same entries selected: saved masks and the diff's positions
+        ma, mb = (load_file(str(tmp_path / run / "sft" / "sft_masks.safetensors")) for run in ("one", "two"))
+        assert sorted(ma) == sorted(mb) and all(ma[n].equal(mb[n]) for n in ma)
+        assert all(a[k].equal(b[k]) for k in a if k.endswith("::indices"))
     for key in a:
         assert a[key].shape == b[key].shape and a[key].numel() > 0, key  # nothing empty (ZeRO-3 bug class)
         # AdamW turns float-rounding differences of near-zero gradients into ~lr-sized steps on a

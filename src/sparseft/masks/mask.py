@@ -114,10 +114,19 @@ def topk_masks(scores: Mapping[str, torch.Tensor], k: int, *, allocation: str = 
         raise ValueError(f"k must be in [1, {total}], got {k}")
     if allocation == "global":
         return _topk_threshold(scores, k)
-    quotas = [math.floor(k * s / total) for s in sizes]
-    for i in sorted(range(len(names)), key=lambda i: -sizes[i])[: k - sum(quotas)]:
-        quotas[i] += 1
-    return {n: _topk_threshold({n: scores[n]}, q)[n] for n, q in zip(names, quotas)}
+    quotas = per_tensor_quotas(dict(zip(names, sizes)), k)
+    return {n: _topk_threshold({n: scores[n]}, quotas[n])[n] for n in names}
+
+
+def per_tensor_quotas(sizes: Mapping[str, int], k: int) -> dict[str, int]:
+    """{name: k_i}: round(k * n_i / N) per tensor, the rounding remainder to the largest ones
+    (ties in tensor order), so the quotas sum to exactly k (per_tensor allocation)."""
+    names = list(sizes)
+    total = sum(sizes.values())
+    quotas = {n: math.floor(k * sizes[n] / total) for n in names}
+    for n in sorted(names, key=lambda n: -sizes[n])[: k - sum(quotas.values())]:
+        quotas[n] += 1
+    return quotas
 
 
 @torch.no_grad()

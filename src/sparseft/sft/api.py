@@ -11,7 +11,8 @@ Steps, top to bottom:
      phase. Before reusing them, the checkpoint's run identity must match this call's data and
      config (train/identity.py; the loop then checks the model too): a second call on other
      data into the same output_dir is an error, not a resume. With several processes, rank 0's
-     masks are broadcast.
+     masks are broadcast; under `distributed=fsdp` each rank scores only its shard of every
+     targeted weight and a distributed top-k picks the same indices everywhere (sharded_select.py).
   2. freeze everything; new task heads (`heads`, default classifier/score/qa_outputs) stay
      densely trainable; targeted weights become `SparseDelta` wrappers (values [k] + indices).
   3. train with the foundation loop (`sparseft.train.loop.train`): its optimizer only sees the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -41,15 +43,16 @@ from sparseft.export.sparse_diff import SparseDiff
 from sparseft.masks.config import DEFAULT_HEADS, MaskConfig
 from sparseft.masks.mask import Masks
 from sparseft.masks.regrow import RegrowMaskConfig
-from sparseft.masks.select import select_masks
+from sparseft.masks.select import select_masks, target_parameters
 from sparseft.registry import REGISTRY
-from sparseft.sft.layer import SparseDelta, merge_sparse_, sparsify_
+from sparseft.sft.layer import SparseDelta, merge_sparse_, sparsify_indices_
 from sparseft.sft.regrow import RegrowHook, track_optimizer
 from sparseft.train.checkpoint import (CheckpointError, checkpoint_dir, has_checkpoint, prepare_run_dir,
                                        read_checkpoint_state)
 from sparseft.train.config import TrainConfig
 from sparseft.train.identity import build_identity, check_resume
 from sparseft.train.loop import EvalFn, LossFn, TrainResult, default_loss, epoch_batches, train
+from sparseft.utils.dist import rank, world_size
 
 MASKS_FILE = "sft_masks.safetensors"
 
@@ -94,23 +97,21 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         saved = read_checkpoint_state(out)
         check_resume(saved.get("identity"), build_identity(None, train_data, train_cfg.to_dict(), inputs),
                      checkpoint_dir(out))
-    masks = _resume_masks(out, mask_cfg) if resuming else None
-    if masks is None:
-        batches = selection_batches(train_data, train_cfg, collate_fn, mask_cfg.batches_needed())
-        if batches:
-            model.to(_local_device())
-        masks = sync_masks(select_masks(model, mask_cfg, batches=batches, loss_fn=loss_fn))
-        _save_masks(out, masks, mask_cfg)
-    n_targeted = sum(int(m.numel()) for m in masks.values())
-    base_fp = fingerprint(model, list(masks))
+    picked = _resume_masks(out, mask_cfg) if resuming else None  # ({fqn: flat indices}, {fqn: shape})
+    if picked is None:
+        picked = _select(model, train_data, train_cfg, mask_cfg, collate_fn, loss_fn)
+        _save_masks(out, *picked, mask_cfg)
+    selected, shapes = picked
+    n_targeted = sum(math.prod(shape) for shape in shapes.values())
+    base_fp = fingerprint(model, list(selected))
 
     # 2. freeze, keep heads trainable, swap targeted modules for SparseDelta ---------------------
     for p in model.parameters():
         p.requires_grad_(False)
     for p in head_params.values():
         p.requires_grad_(True)
-    layers = sparsify_(model, masks)
-    mask_names, masks = sorted(masks), None  # the bool masks (1 B per targeted entry) are not kept while training
+    layers = sparsify_indices_(model, selected)  # O(k) positions: no bool mask of the weights' size
+    mask_names, selected = sorted(selected), None
     if not layers and not head_params:
         raise ValueError("nothing to train: the mask selects no entry and the model has no dense head")
 
@@ -179,17 +180,54 @@ def planned_steps(train_data: Sequence[dict], cfg: TrainConfig) -> int:
     return math.ceil(math.ceil(n_batches / n_proc) / cfg.grad_accum) * cfg.epochs
 
 
-def selection_batches(train_data: Sequence[dict], cfg: TrainConfig, collate_fn, n: int) -> list[dict]:
-    """The first `n` batches of the loop's epoch-0 order (cycling epochs if there are fewer)."""
+def selection_batches(train_data: Sequence[dict], cfg: TrainConfig, collate_fn, n: int,
+                      rank: int = 0, world: int = 1) -> list[dict]:
+    """The first `n` batches of the loop's epoch-0 order (cycling epochs if there are fewer).
+
+    With `world` > 1: this rank's share of the first `n` global batches (each global batch is
+    `world` consecutive per-process batches; rank r takes the r-th, as the loop's loader does).
+    """
     if n <= 0:
         return []
     lengths = [len(x["input_ids"]) for x in train_data]
-    out, epoch = [], 0
-    while len(out) < n:
-        for idx in epoch_batches(lengths, cfg, epoch)[: n - len(out)]:
-            out.append(collate_fn([train_data[i] for i in idx]))
+    wanted, order, epoch = n * world, [], 0
+    while len(order) < wanted:
+        order += epoch_batches(lengths, cfg, epoch)[: wanted - len(order)]
         epoch += 1
-    return out
+    return [collate_fn([train_data[i] for i in idx]) for idx in order[rank::world]]
+
+
+def _select(model, train_data, train_cfg: TrainConfig, mask_cfg: MaskConfig, collate_fn, loss_fn
+            ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """({fqn: sorted flat indices}, {fqn: shape}) of the selected entries, the same on every rank.
+
+    distributed=fsdp with several processes: from per-shard scores (sharded_select.py); else
+    `select_masks` on this process's copy, rank 0's masks broadcast.
+    """
+    from sparseft.sft import sharded_select
+
+    shapes = {n: tuple(p.shape) for n, p in target_parameters(model, mask_cfg).items()}
+    n_needed = mask_cfg.batches_needed()
+    if train_cfg.distributed == "fsdp" and world_size() > 1:
+        sharded_select.check_sharded_supported(mask_cfg)
+        if sharded_select.has_sharded_scorer(mask_cfg):
+            _init_group()
+            device = _local_device()
+            batches = selection_batches(train_data, train_cfg, collate_fn, n_needed, rank(), world_size())
+            selected, scored = sharded_select.select_indices_sharded(model, mask_cfg, batches=batches,
+                                                                     loss_fn=loss_fn, device=device)
+            if rank() == 0:
+                sharded_select.report_scored(REGISTRY.for_config(mask_cfg).name, scored,
+                                             sum(math.prod(s) for s in shapes.values()))
+            return selected, shapes
+        if rank() == 0:
+            print(f"warning: mask method {REGISTRY.for_config(mask_cfg).name!r} has no sharded scorer: it "
+                  f"selects on the whole host copy (rank 0's masks broadcast)", file=sys.stderr, flush=True)
+    batches = selection_batches(train_data, train_cfg, collate_fn, n_needed)
+    if batches:
+        model.to(_local_device())
+    masks = sync_masks(select_masks(model, mask_cfg, batches=batches, loss_fn=loss_fn))
+    return {n: torch.nonzero(m.reshape(-1)).reshape(-1).cpu() for n, m in masks.items()}, shapes
 
 
 def diff_from_layers(layers: dict[str, SparseDelta], head_params: dict[str, torch.Tensor],
@@ -222,18 +260,20 @@ def task_info(model) -> dict:
 
 # ---- masks on disk (resume) and across processes -----------------------------------------------
 
-def _save_masks(out: Path, masks: Masks, cfg: MaskConfig) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
+def _save_masks(out: Path, selected: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+                cfg: MaskConfig) -> None:
+    """Rank 0 writes {fqn: sorted flat indices} plus the config and shapes (model order)."""
+    if rank() != 0:
         return
     from sparseft.utils.io import atomic_file
 
-    tensors = {n: torch.nonzero(m.reshape(-1)).reshape(-1).cpu() for n, m in masks.items()}
-    meta = {"config": cfg.to_json(), "shapes": json.dumps({n: list(m.shape) for n, m in masks.items()})}
+    tensors = {n: selected[n].cpu().contiguous() for n in shapes}
+    meta = {"config": cfg.to_json(), "shapes": json.dumps({n: list(s) for n, s in shapes.items()})}
     with atomic_file(out / MASKS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def _resume_masks(out: Path, cfg: MaskConfig) -> Masks | None:
+def _resume_masks(out: Path, cfg: MaskConfig) -> tuple[dict[str, torch.Tensor], dict[str, tuple]] | None:
     path = out / MASKS_FILE
     if not path.exists():
         return None
@@ -252,12 +292,7 @@ def _resume_masks(out: Path, cfg: MaskConfig) -> Masks | None:
         raise ValueError(f"{path} was selected with another mask config; resume with the same "
                          f"config, or start afresh (resume=false / --no-resume)")
     # shapes are in model order: the optimizer state is matched by position
-    masks = {}
-    for name, shape in shapes.items():
-        m = torch.zeros(torch.Size(shape).numel(), dtype=torch.bool)
-        m[saved[name]] = True
-        masks[name] = m.view(shape)
-    return masks
+    return ({n: saved[n].to(torch.long) for n in shapes}, {n: tuple(s) for n, s in shapes.items()})
 
 
 def _local_device() -> torch.device:
@@ -266,15 +301,23 @@ def _local_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _init_group() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(_local_device())
+
+
 def sync_masks(masks: Masks) -> Masks:
     """With several processes, make every process use rank 0's masks (selection on GPUs is not
     bit-deterministic, and DDP needs identical value-vector shapes everywhere)."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if world_size() < 2:
         return masks
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    _init_group()
     device = _local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
     out = {}
     for name, m in masks.items():

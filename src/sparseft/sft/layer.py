@@ -135,21 +135,32 @@ def sparsify_(model: nn.Module, masks: Masks) -> dict[str, SparseDelta]:
         {weight fqn: wrapper}, for the masks with at least one selected entry (empty ones are
         left alone: with global allocation a tensor can get no budget).
     """
-    layers: dict[str, SparseDelta] = {}
+    params = dict(model.named_parameters())
     for name, mask in masks.items():
+        if name in params and tuple(mask.shape) != tuple(params[name].shape):
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(params[name].shape)}")
+    return sparsify_indices_(model, {n: torch.nonzero(m.reshape(-1), as_tuple=False).reshape(-1)
+                                     for n, m in masks.items()})
+
+
+def sparsify_indices_(model: nn.Module, indices: dict[str, torch.Tensor]) -> dict[str, SparseDelta]:
+    """`sparsify_` from the selected positions themselves: {"<module fqn>.weight": sorted unique
+    int64 flat indices [k]} (what sharded selection and the saved masks hold; no bool mask of
+    the weight's size is built). Empty index tensors are skipped; returns {weight fqn: wrapper}."""
+    layers: dict[str, SparseDelta] = {}
+    for name, idx in indices.items():
         module_fqn, _, pname = name.rpartition(".")
         if pname != "weight":
             raise ValueError(f"sparse fine-tuning targets module weights; got mask for {name!r}")
         module = model.get_submodule(module_fqn)
         if isinstance(module, SparseDelta):
             raise ValueError(f"{module_fqn} is already sparsified")
-        if tuple(mask.shape) != tuple(module.weight.shape):
-            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight has {tuple(module.weight.shape)}")
-        indices = torch.nonzero(mask.reshape(-1), as_tuple=False).reshape(-1)
-        if indices.numel() == 0:
+        if idx.numel() == 0:
             continue
+        if idx.dtype != torch.long or idx.ndim != 1 or int(idx.min()) < 0 or int(idx.max()) >= module.weight.numel():
+            raise ValueError(f"indices for {name} must be 1-D int64 positions in [0, {module.weight.numel()})")
         module.weight.requires_grad_(False)
-        wrapper = SparseDelta(module, indices)
+        wrapper = SparseDelta(module, idx)
         parent, child = _parent(model, module_fqn)
         setattr(parent, child, wrapper)
         layers[name] = wrapper

@@ -168,6 +168,15 @@ def make_replica(model: nn.Module, groups: list[dict], *, engine: str, device: t
     return replica, new_groups
 
 
+def aliased_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose parameters are new `nn.Parameter`s over the *same storage*
+    (buffers are copied; tied weights stay tied). `fully_shard` on it copies only each rank's
+    chunk and rebinds the copy's parameters, so the caller's weights are neither duplicated nor
+    changed: a sharded replica for a short job (mask selection) without a second host copy."""
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
 def _local_numel(p: torch.Tensor) -> int:
     from torch.distributed.tensor import DTensor
 

@@ -8,7 +8,8 @@ entries above it are selected, and ties at it are handed out in position order (
 then flat index, i.e. rank order inside a tensor) from an all-gather of per-slice tie counts. The
 result is identical to `sparseft.masks.mask.topk_masks(full_scores, k)` with global allocation.
 Only the selected indices (O(k)) are exchanged at the end, so every rank can build the same
-`SparseDelta` index buffers.
+`SparseDelta` index buffers. The small collectives run on the back end's device (CUDA under
+NCCL, else CPU), so the scores may live on either.
 
     idx = sharded_topk_indices({"w": (offset, local_scores)}, k)   # {"w": sorted global flat indices}
 """
@@ -27,9 +28,17 @@ def float_keys(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0, bits, -(bits & 0x7FFFFFFF) - 1)
 
 
+def _comm_device(group) -> torch.device:
+    """Where collective tensors must live: NCCL talks CUDA only, gloo CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_sum(value: torch.Tensor, group) -> torch.Tensor:
+    value = value.to(_comm_device(group))
     dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
-    return value
+    return value.cpu()
 
 
 def sharded_topk_indices(local: dict[str, tuple[int, torch.Tensor]], k: int, group=None) -> dict[str, torch.Tensor]:
@@ -61,9 +70,11 @@ def sharded_topk_indices(local: dict[str, tuple[int, torch.Tensor]], k: int, gro
     remaining = k - int(_all_sum(above, group))
     # ties at the k-th value, in position order: tensor order, then flat offset (rank order)
     world = dist.get_world_size(group)
-    ties = torch.tensor([[local[n][0], int((keys[n] == kth).sum())] for n in names], dtype=torch.int64)
+    ties = torch.tensor([[local[n][0], int((keys[n] == kth).sum())] for n in names], dtype=torch.int64,
+                        device=_comm_device(group))
     gathered = [torch.zeros_like(ties) for _ in range(world)]
     dist.all_gather(gathered, ties, group=group)
+    gathered = [g.cpu() for g in gathered]
     me = dist.get_rank(group)
     quota = {}
     for j, name in enumerate(names):
@@ -77,7 +88,7 @@ def sharded_topk_indices(local: dict[str, tuple[int, torch.Tensor]], k: int, gro
         offset, key = local[name][0], keys[name]
         idx = torch.nonzero(key > kth).reshape(-1)
         tie = torch.nonzero(key == kth).reshape(-1)[: quota.get(name, 0)]
-        selected[name] = torch.cat([idx, tie]) + offset
+        selected[name] = (torch.cat([idx, tie]) + offset).cpu()
     everyone: list = [None] * world
     dist.all_gather_object(everyone, selected, group=group)  # O(k) indices, not the scores
     return {n: torch.sort(torch.cat([part[n] for part in everyone])).values for n in names}
