@@ -24,25 +24,31 @@ from sparseft.cli.common import add_data_args, add_overwrite_arg, data_dict, par
 
 
 def add_parser(sub) -> None:
+    # the shared vocabulary's spellings (--model / --model_name_or_path, -o / --output-dir / --output_dir,
+    # --set / --option); each help line states its default once
     p = sub.add_parser("moefy", help="split FFNs into routed experts (MoEfication)",
                        description="Split MODEL's FFN neurons into equal experts and route each token to a few.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="model folder (e.g. a fine-tuned runs/x/model) or alias")
-    p.add_argument("--experts", type=int, default=16, help="experts per FFN block (must divide d_ff)")
-    p.add_argument("--top-k", type=int, default=4, help="experts per token (with --threshold: the most)")
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", "--model_name_or_path", dest="model", required=True,
+                   help="model folder (e.g. a fine-tuned runs/x/model) or alias")
+    p.add_argument("--experts", type=int, default=16, help="experts per FFN block, must divide d_ff (default: 16)")
+    p.add_argument("--top-k", type=int, default=4, help="experts per token; with --threshold the most (default: 4)")
     p.add_argument("--threshold", type=float, default=0.0,
-                   help="per token, the fewest experts that hold this share of the mass (0: always --top-k)")
+                   help="per token, the fewest experts that hold this share of the mass (default: 0 = always --top-k)")
     p.add_argument("--router", default="oracle", choices=("oracle", "mlp"),
-                   help="oracle: real activation mass (analysis); mlp: a small learned router (needs --train)")
+                   help="oracle: real activation mass, for analysis (default); mlp: a small learned router "
+                        "(needs --train)")
     p.add_argument("--clustering", default="kmeans", choices=("kmeans", "coactivation"),
-                   help="neurons grouped by their weights (kmeans) or by co-activation on --train data")
-    p.add_argument("--set", dest="options", action="append", metavar="KEY=VALUE",
+                   help="group neurons by their weights (kmeans, default) or by co-activation on --train data")
+    p.add_argument("--set", "--option", dest="set", action="append", metavar="KEY=VALUE",
                    help="extra MoEfyConfig field, e.g. router_steps=500, calib_tokens=16384 (repeatable)")
-    p.add_argument("-o", "--output-dir", default="runs/moefy", help="run folder (model, report, experts.json)")
+    p.add_argument("--output-dir", "-o", "--output_dir", dest="output_dir", metavar="DIR", default="runs/moefy",
+                   help="run folder: model, report, experts.json (default: runs/moefy)")
     add_overwrite_arg(p)
-    p.add_argument("--calib-samples", type=int, default=128, help="training examples used for calibration")
+    p.add_argument("--calib-samples", type=int, default=128,
+                   help="training examples used for calibration (default: 128)")
     add_data_args(p)
-    p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.add_argument("--no-cost", action="store_true", help="skip size/latency/throughput measurement")
     p.set_defaults(func=run)
 
@@ -51,7 +57,7 @@ def moefy_args(args: argparse.Namespace) -> dict:
     """MoEfyConfig fields from the flags and --set."""
     out = {"num_experts": args.experts, "top_k": args.top_k, "threshold": args.threshold, "router": args.router,
            "clustering": args.clustering, "seed": args.seed}
-    out.update(parse_options(args.options))
+    out.update(parse_options(args.set))
     return out
 
 
