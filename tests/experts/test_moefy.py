@@ -138,6 +138,12 @@ def test_save_load_round_trip_through_sparseft_load(name, task, request, batches
     assert "ExpertFFN" in kinds and all(spec["top_k"] == 2 for spec in modules.values() if spec["type"] == "ExpertFFN")
     assert record["sparseft_experts"]["method"] == "moefy"
     assert {v["num_experts"] for v in record["sparseft_experts"]["layers"].values()} == {4}
+    # plain transformers (no sparseft) would meet an empty tensor under the dense block's own name and refuse
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        guards = [k for k in f.keys() if k.endswith(("mlp.down_proj.weight", "intermediate.dense.weight"))]
+        assert len(guards) == 2 and all(f.get_slice(k).get_shape() == [0] for k in guards)
     loaded = sparseft.load(str(tmp_path), task=task).eval()
     assert len(expert_layers(loaded)) == 2
     torch.testing.assert_close(logits(loaded, batch), want)

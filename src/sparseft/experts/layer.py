@@ -35,6 +35,24 @@ import torch.nn.functional as F
 from sparseft.experts.router import build_router, load_balancing_loss, select_experts
 
 COMBINES = ("sum", "softmax")
+GUARD_KEYS = {True: ("down_proj.weight",), False: ("dense.weight",)}   # gated / BERT: a dense block's own tensor
+
+
+def _add_block_guards(module, state_dict, prefix, local_metadata) -> None:
+    """Empty tensors under the replaced block's own weight names (`mlp.down_proj.weight`,
+    `intermediate.dense.weight`): plain transformers then stops with a size mismatch instead of
+    initialising the FFN at random; skipped on a meta skeleton (from_pretrained listing tensors)."""
+    if any(p.is_meta for p in module.parameters()):
+        return
+    for key in module.save_guards:
+        state_dict[prefix + key] = torch.empty(0, dtype=torch.uint8)
+
+
+def _drop_block_guards(module, state_dict, prefix, *args) -> None:
+    for key in module.save_guards:
+        t = state_dict.get(prefix + key)
+        if t is not None and t.numel() == 0:
+            del state_dict[prefix + key]
 _COUNTERS = ("forwards", "tokens", "expert_calls", "assignments", "expert_flops", "router_flops", "dense_flops")
 
 
@@ -73,6 +91,9 @@ class ExpertFFN(nn.Module):
         self.router = build_router(router, hidden_size, num_experts, dtype=dtype)
         self.aux_loss: torch.Tensor | None = None
         self.route_all = False        # calibration: every expert for every token (the dense FFN)
+        self.save_guards = GUARD_KEYS[gated]
+        self.register_state_dict_post_hook(_add_block_guards)
+        self.register_load_state_dict_pre_hook(_drop_block_guards)
         self.reset_counters()
 
     # ---- bookkeeping ---------------------------------------------------------------------

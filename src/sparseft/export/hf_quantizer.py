@@ -186,8 +186,11 @@ class SparseftHfQuantizer(HfQuantizer):
         for fqn, spec in self.quantization_config.modules.items():
             target = _model_fqn(model, fqn)
             # shapes are looked up under the checkpoint's name, the module is set under the model's
-            _set_module(model, target, build_module(fqn, spec, model.get_submodule(target), shapes))
-            ignore.add(rf"(^|\.){re.escape(target)}\.{GUARD}$")
+            module = build_module(fqn, spec, model.get_submodule(target), shapes)
+            _set_module(model, target, module)
+            # a module may guard more names than `weight` (`save_guards`, e.g. ExpertFFN's `down_proj.weight`)
+            for key in (GUARD, *getattr(module, "save_guards", ())):
+                ignore.add(rf"(^|\.){re.escape(target)}\.{re.escape(key)}$")
         model._keys_to_ignore_on_load_unexpected = ignore
         return model
 
