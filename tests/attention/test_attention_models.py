@@ -202,3 +202,54 @@ def test_save_load_restores_and_plain_transformers_loads_dense(arch, tmp_path):
     assert "weight" not in run.stderr.lower(), run.stderr   # transformers says nothing about the weights
     plain = torch.load(tmp_path / "out.pt")
     assert (plain - want_dense)[mask.bool()].abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("pattern", [dict(window=6, sinks=2), dict(window=4, dilation=2),
+                                     dict(window=5, global_tokens=1, sinks=3)])
+def test_rolling_windowed_cache_generation_equals_uncached_forward_in_bounded_memory(pattern):
+    from sparseft.attention.cache import windowed_cache
+
+    model = _llama()
+    cfg = SparseAttentionConfig(**pattern)
+    sparsify_attention_(model, cfg)
+    ids = _batch()[0][:, :12]
+    cache = windowed_cache(model)
+    with torch.no_grad():
+        gen = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=15,
+                             do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        full = model(gen.sequences).logits
+    assert (torch.stack(gen.scores, 1) - full[:, 11:-1]).abs().max() <= 1e-4
+    kept = max(cfg.sinks, cfg.global_tokens) + (cfg.window_for(1) - 1) * cfg.dilation
+    assert all(layer.keys.shape[2] == kept for layer in cache.layers)       # O(window) per layer
+    assert cache.get_seq_length() == 12 + 15 - 1
+
+
+def test_windowed_cache_refuses_patterns_that_cannot_roll():
+    from sparseft.attention.cache import windowed_cache
+
+    model = _llama()
+    sparsify_attention_(model, SparseAttentionConfig(window=4, stride=8))
+    with pytest.raises(ValueError, match="stride"):
+        windowed_cache(model)
+    sparsify_attention_(model, SparseAttentionConfig(window="sqrt"))
+    with pytest.raises(ValueError, match="max_length"):
+        windowed_cache(model)
+    assert windowed_cache(model, max_length=1024).layers[0].recent == 31
+
+
+def test_recipe_stage_applies_the_pattern():
+    from types import SimpleNamespace
+
+    from sparseft.config.recipe import Recipe, Stage
+    from sparseft.methods import build_stage_config
+    from sparseft.report.card import Report
+
+    recipe = Recipe.from_dict({"model": "x", "data": {"task": "lm"}, "output_dir": "unused", "seed": 7,
+                               "stages": [{"name": "attn", "method": "sparse_attention", "window": 8, "sinks": 2}]})
+    method, cfg = build_stage_config(recipe.stages[0], recipe)
+    ctx = SimpleNamespace(model=_llama(), report=Report(title="t"))
+    method.apply_fn(ctx, cfg, "attn")
+    assert attention_config(ctx.model) == SparseAttentionConfig(window=8, sinks=2, seed=7)
+    assert ctx.report.sections["attn"]["attn_implementation"] == ATTN_NAME
+    with pytest.raises(ValueError, match="window"):
+        build_stage_config(Stage(name="a", method="sparse_attention", params={"window": "log"}), recipe)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sparseft.attention.config import SparseAttentionConfig
 from sparseft.attention.kernel import _softmax_rows, blocked_attention
-from sparseft.attention.pattern import pattern_mask
+from sparseft.attention.pattern import in_local, pattern_mask
 
 ATTN_NAME = "sparseft_sparse"   # the attn_implementation name; config.json keeps the pattern in CONFIG_KEY
 CONFIG_KEY = "sparseft_attention"
@@ -41,8 +41,21 @@ def padding_mask_fn(batch_size: int, q_length: int, kv_length: int, q_offset: in
     """AttentionMaskInterface entry: the 2-D key padding mask sliced to the keys, or None."""
     if attention_mask is None:
         return None
+    sinks = _rolled_sinks(kwargs.get("config")) if attention_mask.shape[1] > kv_length else 0
+    if sinks:   # a rolled windowed cache holds [sinks | the most recent tokens]
+        tail = attention_mask[:, attention_mask.shape[1] - (kv_length - sinks):]
+        attention_mask = torch.cat([attention_mask[:, :sinks], tail], 1)
     mask = attention_mask[:, -kv_length:].bool()
     return None if mask.shape[1] == kv_length and bool(mask.all()) else mask
+
+
+def _rolled_sinks(config) -> int:
+    data = getattr(config, CONFIG_KEY, None)
+    if not data:
+        return 0
+    from sparseft.attention.cache import sink_count
+
+    return sink_count(SparseAttentionConfig.from_dict(data))
 
 
 def dense_reference(query, key, value, allowed: torch.Tensor, *, scaling: float, key_padding=None,
@@ -86,8 +99,11 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     dropout = dropout if module.training else 0.0
     kv_len = key.shape[2]
-    q_offset = kwargs.get("sparseft_q_offset")
-    if cfg.is_dense_for(kv_len) and q_offset is None:
+    q_offset = None
+    positions = kwargs.get("position_ids")
+    if causal and positions is not None and kv_len < int(positions.max()) + 1:   # a rolled windowed cache
+        return rolled_attention(query, key, value, cfg, positions, scaling=scaling, key_padding=attention_mask), None
+    if cfg.is_dense_for(kv_len):
         return _dense_sdpa(query, key, value, causal=causal, scaling=scaling, key_padding=attention_mask,
                            dropout=dropout), None
     if cfg.backend == "dense_mask":
@@ -101,6 +117,21 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
                                      key_padding=attention_mask), None
     return blocked_attention(query, key, value, cfg, causal=causal, scaling=scaling, key_padding=attention_mask,
                              dropout=dropout, q_offset=q_offset), None
+
+
+def rolled_attention(query, key, value, cfg: SparseAttentionConfig, positions: torch.Tensor, *, scaling: float,
+                     key_padding=None) -> torch.Tensor:
+    """Decoding over a rolled cache (cache.py): keys = [sinks | the most recent tokens], so the pattern
+    is evaluated on their true positions; [Lq, sinks + window] mask, never [L, L]."""
+    from sparseft.attention.cache import sink_count
+
+    total = int(positions.max()) + 1
+    kv_len, sinks = key.shape[2], sink_count(cfg)
+    kpos = torch.cat([torch.arange(sinks), torch.arange(total - (kv_len - sinks), total)]).to(query.device)
+    qpos = positions[0].to(query.device).view(-1, 1)
+    delta = qpos - kpos
+    allowed = (in_local(delta, cfg.window_for(total), cfg.dilation, True) | (kpos < sinks)) & (delta >= 0)
+    return dense_reference(query, key, value, allowed, scaling=scaling, key_padding=key_padding)
 
 
 def _flex_ok(query: torch.Tensor, module) -> bool:

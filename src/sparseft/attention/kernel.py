@@ -153,8 +153,12 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         values.append(("query", value[:, :, keys].view(bsz, kv_heads, n_blocks, block, n_t, dim)))
 
     # One softmax over the concatenated key sets; masks broadcast over heads and GQA groups.
-    keep = torch.cat([k.expand(k.shape[0], n_blocks, block, k.shape[-1]) for k in keeps], -1)
-    probs = _softmax_rows(torch.cat(scores, -1), keep.unsqueeze(1).unsqueeze(3))
+    if len(scores) == 1:   # window only: no concatenation copies
+        keep, all_scores = keeps[0], scores[0]
+    else:
+        keep = torch.cat([k.expand(k.shape[0], n_blocks, block, k.shape[-1]) for k in keeps], -1)
+        all_scores = torch.cat(scores, -1)
+    probs = _softmax_rows(all_scores, keep.unsqueeze(1).unsqueeze(3))
     if dropout:
         probs = F.dropout(probs, p=dropout, training=True)
     out = None
