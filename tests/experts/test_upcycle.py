@@ -98,3 +98,27 @@ def test_upcycle_config_round_trip_and_validation():
         from sparseft.experts import MoEfyConfig
 
         upcycle_(None, MoEfyConfig())
+
+
+def test_upcycle_recipe_stage_fine_tunes_with_the_aux_loss_logged(tiny_bert_dir, toy_ner_files, tmp_path):
+    from sparseft.config.recipe import Recipe
+    from sparseft.pipeline import run
+
+    train, dev = toy_ner_files
+    out = tmp_path / "run"
+    recipe = Recipe.from_dict({
+        "model": str(tiny_bert_dir), "output_dir": str(out), "seed": 1,
+        "data": {"task": "ner", "train": str(train), "eval": str(dev), "max_length": 32},
+        "stages": [{"name": "upcycle", "method": "upcycle", "num_experts": 3, "top_k": 2, "aux_loss_coef": 0.1,
+                    "max_steps": 3, "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.0, "log_every": 1,
+                    "progress": False, "mixed_precision": "no"},
+                   {"name": "save", "method": "save"}]})
+    run(recipe, print_report=False)
+    section = json.loads((out / "upcycle" / "upcycle.json").read_text())
+    assert section["init_max_abs_diff"] < 1e-5 and section["steps"] == 3
+    assert section["aux_loss_first"] >= 0.99 and torch.isfinite(torch.tensor(section["aux_loss_last"]))
+    logged = [json.loads(line) for line in (out / "upcycle" / "aux_loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    import sparseft
+
+    assert len(expert_layers(sparseft.load(str(out / "model")))) == 2
