@@ -11,7 +11,7 @@ from sparseft.cli.main import main
 from sparseft.export.sparse_diff import SparseDiff, fingerprint, save_diff
 
 TRAIN_ARGS = ["--task", "ner", "--epochs", "1", "--batch-size", "8", "--no-cost", "--mixed-precision", "no",
-              "-o", "progress=false"]
+              "--set", "progress=false"]
 
 
 @pytest.fixture(scope="module")

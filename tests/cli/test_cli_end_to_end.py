@@ -22,7 +22,7 @@ def test_train_then_eval_then_transformers_reload(tiny_bert_dir, toy_ner_files, 
     out = tmp_path / "run"
     rc = main(["train", "--model", str(tiny_bert_dir), "--task", "ner", "--train", str(train_path),
                "--eval", str(dev_path), "--epochs", "2", "--batch-size", "4", "--lr", "5e-3",
-               "--output-dir", str(out), "--no-cost", "-o", "progress=false"])
+               "--output-dir", str(out), "--no-cost", "--set", "progress=false"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "[dev]" in text and "per_type.PER.f1" in text

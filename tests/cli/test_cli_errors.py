@@ -76,6 +76,6 @@ def test_full_disk_while_saving_the_trained_model_is_one_line(tiny_bert_dir, dat
     train, dev = data
     out = tmp_path / "r"
     fails(["train", "--model", str(tiny_bert_dir), "--train", str(train), "--eval", str(dev), "--epochs", "1",
-           "--batch-size", "8", "--output-dir", str(out), "--no-cost", "-o", "progress=false"],
+           "--batch-size", "8", "--output-dir", str(out), "--no-cost", "--set", "progress=false"],
           f"cannot write {out / 'model'}: No space left on device")
     assert not (out / "model").exists()

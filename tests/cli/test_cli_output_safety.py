@@ -7,7 +7,7 @@ from __future__ import annotations
 from sparseft.cli.main import main
 
 TRAIN_ARGS = ["--task", "ner", "--epochs", "1", "--batch-size", "8", "--no-cost", "--mixed-precision", "no",
-              "-o", "progress=false"]
+              "--set", "progress=false"]
 
 
 def test_prune_into_an_existing_train_run_is_refused(run_dir, tiny_bert_dir, data, tmp_path, fails):

@@ -22,8 +22,11 @@ def test_cli_factorize_then_eval_end_to_end(tiny_bert_dir, toy_ner_files, tmp_pa
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     section = metrics.get("sections", metrics).get("factorize") or metrics["stages"]["factorize"]
-    assert section["factorizer"] == "whiten_svd" and "delta_f1" in section
-    capsys.readouterr()
+    assert section["factorizer"] == "whiten_svd"
+    ba = metrics["stages"]["dev"]   # the input model is scored first: before -> after in the dev section
+    assert ba["delta_f1"] == pytest.approx(ba["f1_after"] - ba["f1_before"])
+    assert ba["weights_mb_after"] < ba["weights_mb_before"]
+    assert "factorize before -> after: f1 " in capsys.readouterr().out
     assert main(["eval", str(out / "model"), "--data", str(dev), "--max-length", "32"]) == 0
     assert "f1" in capsys.readouterr().out
     import sparseft  # noqa: F401  after which from_pretrained rebuilds the factorized layers

@@ -103,7 +103,7 @@ def test_cli_prune_without_data(bert_ner, tmp_path, capsys):
     bert_ner.save_pretrained(tmp_path / "ft")
     out = tmp_path / "p"
     assert main(["prune", "--model", str(tmp_path / "ft"), "--method", "magnitude", "--sparsity", "0.6",
-                 "-o", "allocation=per_tensor", "--output-dir", str(out), "--no-cost"]) == 0
+                 "--set", "allocation=per_tensor", "--output-dir", str(out), "--no-cost"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["stages"]["prune"]
     assert metrics["target_sparsity"] == pytest.approx(0.6, abs=1e-3)
     # a data-driven method without data is a clear one-line error (exit code 2)

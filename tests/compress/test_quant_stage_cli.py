@@ -69,8 +69,8 @@ def saved_ner_model(tiny_bert_dir, tmp_path):
 
 def test_cli_quantize_without_data_and_export(saved_ner_model, tmp_path, capsys):
     out = tmp_path / "q"
-    rc = main(["quantize", "--model", str(saved_ner_model), "--method", "rtn", "-o", "bits=4",
-               "-o", "granularity=group", "-o", "group_size=16", "--output-dir", str(out), "--no-cost"])
+    rc = main(["quantize", "--model", str(saved_ner_model), "--method", "rtn", "--set", "bits=4",
+               "--set", "granularity=group", "--set", "group_size=16", "--output-dir", str(out), "--no-cost"])
     assert rc == 0
     model = load_compressed(out / "compressed")
     assert model.config.id2label[1] == "B-PER"

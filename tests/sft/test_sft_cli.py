@@ -22,7 +22,7 @@ def run_dir(tiny_bert_dir, tmp_path_factory):
     rc = main(["train", "--model", str(tiny_bert_dir), "--train", str(train), "--eval", str(dev),
                "--output-dir", str(out), "--method", "sft", "--mask", "fisher", "--density", "0.05",
                "--epochs", "2", "--batch-size", "8", "--lr", "5e-3", "--mixed-precision", "no", "--no-cost",
-               "-o", "progress=false", "-o", "mask_options={n_batches: 2}"])
+               "--set", "progress=false", "--set", "mask_options={n_batches: 2}"])
     assert rc == 0
     return out, train, dev
 

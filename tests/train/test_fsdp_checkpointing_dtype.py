@@ -139,7 +139,7 @@ def test_bf16_base_with_a_trainable_fp32_head(tiny_bert_dir, toy_cls_file, tmp_p
     out = tmp_path / "run"
     assert main(["train", "--model", str(tiny_bert_dir), "--task", "cls", "--train", str(toy_cls_file), "--epochs",
                  "1", "--no-cost", "--method", "sft", "--mask", "magnitude", "--density", "0.1", "--output-dir",
-                 str(out), "-o", "base_dtype=bf16", "-o", "progress=false", "-o", "eval_every=never"]) == 0
+                 str(out), "--set", "base_dtype=bf16", "--set", "progress=false", "--set", "eval_every=never"]) == 0
     manifest = json.loads((out / "diff" / "manifest.json").read_text())
     assert manifest["train"]["_data"]["base_dtype"] == "bf16"
 

@@ -232,7 +232,7 @@ def test_cli_second_train_on_other_data_is_a_one_line_error(setup, tiny_bert_dir
     def run(train_file, *extra):
         return main(["train", "--model", str(tiny_bert_dir), "--train", str(train_file), "--eval", str(dev),
                      "--epochs", "1", "--batch-size", "8", "--output-dir", str(out), "--no-cost",
-                     "-o", "progress=false", *extra])
+                     "--set", "progress=false", *extra])
 
     old_umask = os.umask(0o022)
     try:

@@ -4,9 +4,9 @@ Both read the tokenized chat data that the `chat_data` stage put in `ctx.state["
 
 chat_sft
     * full:   all weights train with sparseft's loop.
-    * sparse: `sparseft.sft.sparse_finetune` with a registered mask method (default magnitude,
-              density 1%); the SparseDiff is saved to <stage dir>/diff and the model keeps the
-              merged weights for the stages after it.
+    * sparse: `sparseft.sft.sparse_finetune` with a registered mask method (default
+              masks.config.DEFAULT_MASK, fisher; density 1%); the SparseDiff is saved to
+              <stage dir>/diff and the model keeps the merged weights for the stages after it.
     * lora:   peft LoRA (rank `lora_dim`, on Linear layers whose name contains
               `lora_module_name`); the adapter is saved to <stage dir>/adapter and, with
               `merge_lora` (default), merged into the model for the stages after it.
@@ -37,6 +37,7 @@ from sparseft.chat.modes import (MODES, apply_lora, lora_rank_for_count, lora_ta
                                 trainable_count)
 from sparseft.chat.packing import ChatCollator, pack_features, packing_stats
 from sparseft.config.base import BaseConfig
+from sparseft.masks.config import DEFAULT_MASK
 from sparseft.registry import register_method
 from sparseft.train.config import TrainConfig
 from sparseft.train.identity import recipe_inputs
@@ -69,7 +70,7 @@ class ChatSFTConfig(BaseConfig):
     train: Any = field(default_factory=dict)
     packing: bool = False
     gradient_checkpointing: bool = False
-    mask: str = "magnitude"
+    mask: str = DEFAULT_MASK
     density: float = 0.01
     mask_options: dict = field(default_factory=dict)
     lora_dim: int = 8

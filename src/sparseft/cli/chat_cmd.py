@@ -4,7 +4,10 @@ chat-sft builds a recipe (chat_data -> [chat_eval before] -> chat_sft -> chat_ev
 runs it like `sparseft run`, so the CLI and recipes share one code path. DeepSpeed-Chat's flag
 names are accepted next to ours (`--max_seq_len`, `--lora_dim`, `--lora_module_name`,
 `--zero_stage`, `--offload`, `--gradient_checkpointing`, `--data_split`,
-`--per_device_train_batch_size`, `--learning_rate`, ...). With `--num-processes N` or
+`--per_device_train_batch_size`, `--learning_rate`, ...), and so are the HF / TRL ones every
+sparseft verb takes (`--model_name_or_path`, `--output_dir`, `--num_train_epochs`, `--max_length`
+for `--max-seq-len`, ...). `--lr` defaults to the mode's value in sparseft/train/defaults.py
+(DEFAULT_LR["chat_<mode>"]), written to the run's recipe.yaml. With `--num-processes N` or
 `--zero_stage > 0` it writes the recipe (and the Accelerate/DeepSpeed config) into the output
 folder and starts the launcher (see sparseft.chat.launch).
 
@@ -23,9 +26,9 @@ from pathlib import Path
 
 from sparseft.chat.launch import (ZERO_STAGES, in_launched_process, launch_command, launch_env,
                                   require_deepspeed, write_accelerate_config)
-from sparseft.cli.common import add_overwrite_arg
+from sparseft.cli.common import HelpFormatter, add_model_arg, add_output_arg, add_overwrite_arg, resolve_model_arg
+from sparseft.train.defaults import DEFAULT_LR
 
-DEFAULT_LR = {"full": 2e-5, "sparse": 2e-4, "lora": 2e-4}
 DTYPES = {"fp32": "no", "fp16": "fp16", "bf16": "bf16", "auto": "auto", "no": "no"}
 
 
@@ -35,13 +38,16 @@ def add_parser(sub) -> None:
 
 
 def _add_sft_parser(sub) -> None:
+    from sparseft.chat.stage import ChatSFTConfig
+    from sparseft.cli.flags import add_config_flags
+
+    by_mode = ", ".join(f"{k[5:]} {v:g}" for k, v in DEFAULT_LR.items() if k.startswith("chat_"))
     p = sub.add_parser("chat-sft", help="chat supervised fine-tuning (full, sparse or LoRA)",
                        description="Fine-tune a decoder LM on prompt -> response data with loss on the "
                                    "assistant tokens. DeepSpeed-Chat flag names are accepted as aliases.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", "--model_name_or_path", dest="model", default="smollm2",
-                   help="alias (smollm2), folder, .gguf or hub id")
-    p.add_argument("--output-dir", "--output_dir", dest="output_dir", default="runs/chat_sft", help="run folder")
+                       formatter_class=HelpFormatter)
+    add_model_arg(p, default="smollm2", help="alias (smollm2), folder, .gguf or hub id")
+    add_output_arg(p, default="runs/chat_sft", help="run folder")
     add_overwrite_arg(p)
     d = p.add_argument_group("data")
     d.add_argument("--train", "--data_path", dest="train", required=True, help="chat training file (JSONL/JSON)")
@@ -50,7 +56,8 @@ def _add_sft_parser(sub) -> None:
                                                      "human_assistant or gsm8k")
     d.add_argument("--template", default="auto", help="auto (model's chat template, else fallback), model, "
                                                        "fallback or a Jinja file")
-    d.add_argument("--max-seq-len", "--max_seq_len", dest="max_seq_len", type=int, default=512,
+    d.add_argument("--max-seq-len", "--max_seq_len", "--max-length", "--max_length", dest="max_seq_len", type=int,
+                   default=512,
                    help="tokens per example (the response is never cut away entirely)")
     d.add_argument("--loss-on", choices=["assistant", "all"], default="assistant",
                    help="assistant: loss on assistant tokens only; all: every token (DeepSpeed-Chat)")
@@ -64,8 +71,7 @@ def _add_sft_parser(sub) -> None:
     m = p.add_argument_group("mode")
     m.add_argument("--mode", choices=["full", "sparse", "lora"],
                    help="training mode (default: lora if --lora_dim > 0, else full)")
-    m.add_argument("--density", type=float, default=0.01, help="sparse: share of targeted weights trained")
-    m.add_argument("--mask", default="magnitude", help="sparse: registered mask method")
+    add_config_flags(m, ChatSFTConfig, ["mask", "density"])
     m.add_argument("--lora-dim", "--lora_dim", dest="lora_dim", type=int, default=0,
                    help="LoRA rank (> 0 selects mode lora; 0 with --mode lora means 8)")
     m.add_argument("--lora-dim-for-density", type=float,
@@ -75,7 +81,8 @@ def _add_sft_parser(sub) -> None:
                    help="LoRA on Linear layers whose name contains this")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=int, default=1, help="passes over the data")
-    t.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    t.add_argument("--max-steps", "--max_steps", dest="max_steps", type=int,
+                   help="optimizer steps (overrides --epochs)")
     t.add_argument("--batch-size", "--per_device_train_batch_size", dest="batch_size", type=int, default=4,
                    help="examples (or packed rows) per micro-batch per process")
     t.add_argument("--eval-batch-size", "--per_device_eval_batch_size", dest="eval_batch_size", type=int,
@@ -83,10 +90,11 @@ def _add_sft_parser(sub) -> None:
     t.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=int, default=1,
                    help="micro-batches per optimizer step")
     t.add_argument("--lr", "--learning_rate", dest="lr", type=float,
-                   help=f"peak learning rate (default by mode: {DEFAULT_LR})")
+                   help=f"peak learning rate (default: the mode's, sparseft/train/defaults.py: {by_mode})")
     t.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=0.0,
                    help="AdamW weight decay")
-    t.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for linear warm-up")
+    t.add_argument("--warmup-ratio", "--warmup_ratio", dest="warmup_ratio", type=float, default=0.1,
+                   help="share of steps for linear warm-up")
     t.add_argument("--mixed-precision", dest="mixed_precision", default="auto",
                    help="autocast: auto, no/fp32, bf16 or fp16")
     t.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
@@ -119,8 +127,8 @@ def _add_chat_parser(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model in the terminal (reads stdin)",
                        description="Interactive chat: each input line is a user turn; /reset clears the "
                                    "history, /exit quits. Works with piped stdin.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help="alias (smollm2), folder, .gguf or hub id")
+                       formatter_class=HelpFormatter)
+    add_model_arg(p, positional=True, required=True, help="alias (smollm2), folder, .gguf or hub id")
     p.add_argument("--diff", help="sparse diff folder to apply to MODEL first")
     p.add_argument("--adapter", help="LoRA adapter folder (peft) to merge into MODEL first")
     p.add_argument("--force", action="store_true", help="apply --diff even if the base check fails")
@@ -154,7 +162,7 @@ def build_recipe_dict(args: argparse.Namespace) -> dict:
                  "train_limit": args.train_limit, "eval_limit": args.eval_limit}
     train = {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
              "eval_batch_size": args.eval_batch_size, "grad_accum": args.grad_accum,
-             "lr": args.lr or DEFAULT_LR[mode], "weight_decay": args.weight_decay,
+             "lr": DEFAULT_LR[f"chat_{mode}"] if args.lr is None else args.lr, "weight_decay": args.weight_decay,
              "warmup_ratio": args.warmup_ratio, "mixed_precision": DTYPES[args.mixed_precision],
              "distributed": distributed, "zero_stage": args.zero_stage or 2, "offload": args.offload,
              "base_dtype": args.dtype or "fp32",
@@ -224,6 +232,7 @@ def run_chat(args: argparse.Namespace) -> int:
 
     gen = GenerateConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    resolve_model_arg(args)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, "lm")
     if args.diff:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from sparseft.cli.common import add_overwrite_arg
+from sparseft.cli.common import RawHelpFormatter, add_output_arg, add_overwrite_arg
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="one table and Pareto plots across runs' metrics.json",
-                       description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=RawHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, metrics.json files or benchmark records")
-    p.add_argument("--output-dir", "-o", default="", help="write report.md, report.html and the plots here")
+    add_output_arg(p, default="", help="write report.md, report.html and the plots here")
     p.add_argument("--title", default="sparseft comparison", help="report title")
     p.add_argument("--no-html", action="store_true", help="do not write report.html")
     add_overwrite_arg(p)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-from sparseft.cli.common import add_overwrite_arg
+from sparseft.cli.common import HelpFormatter, add_model_arg, add_output_arg, add_overwrite_arg
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="quickstart: full vs sparse vs LoRA fine-tuning of MiniLM, then compression; "
                                     "one table and a report with plots",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--output-dir", "-o", default="runs/demo", help="demo folder (one sub-folder per run)")
-    p.add_argument("--model", default="minilm", help="model alias, folder or hub id")
+                       formatter_class=HelpFormatter)
+    add_output_arg(p, default="runs/demo", help="demo folder (one sub-folder per run)")
+    add_model_arg(p, default="minilm", help="model alias, folder or hub id")
     p.add_argument("--quick", action="store_true", help="a few steps per run (checks the path; numbers mean nothing)")
     p.add_argument("--no-html", action="store_true", help="do not write report.html")
     add_overwrite_arg(p)

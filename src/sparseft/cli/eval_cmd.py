@@ -6,17 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from sparseft.cli.common import add_data_args, data_dict
+from sparseft.cli.common import HelpFormatter, add_data_args, add_model_arg, data_dict, resolve_model_arg
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a saved model on a data file",
                        description="Evaluate MODEL (a save_pretrained folder) on --data.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help="model folder (e.g. runs/train/model) or alias")
+                       formatter_class=HelpFormatter)
+    add_model_arg(p, positional=True, required=True, help="model folder (e.g. runs/train/model) or alias")
     p.add_argument("--data", required=True, help="evaluation file")
     add_data_args(p, train=False)
-    p.add_argument("--batch-size", type=int, default=64, help="eval batch size")
+    p.add_argument("--batch-size", "--per_device_eval_batch_size", dest="batch_size", type=int, default=64,
+                   help="eval batch size")
     p.add_argument("--cost", action="store_true", help="also measure size, latency and throughput")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(func=run)
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from sparseft.report.card import Report
     from sparseft.utils.io import atomic_write_json
 
+    resolve_model_arg(args)
     saved = Path(args.model) / "sparseft_data.json"
     base = load_config(saved).to_dict()["_data"] if saved.exists() else {}
     given = data_dict(args)

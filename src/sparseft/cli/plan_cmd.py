@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from sparseft.cli.common import HelpFormatter
 from sparseft.plan.memory import MODES, STRATEGIES
 
 
@@ -18,22 +19,24 @@ def add_parser(sub) -> None:
                        description="Per-device memory (weights, gradients, optimizer state, activations) of "
                                    "fine-tuning MODEL under DDP, FSDP and DeepSpeed ZeRO-2/3 (+ offload), from its "
                                    "config alone. MODEL: llama-3-8b, llama-3-70b, llama-3.2-1b (bundled), a "
-                                   "config.json, a model folder, a .gguf file or an alias (minilm, smollm2).")
+                                   "config.json, a model folder, a .gguf file or an alias (minilm, smollm2).",
+                       formatter_class=HelpFormatter)
     p.add_argument("model", help="bundled config name, config.json, model folder, .gguf or alias")
     p.add_argument("--mode", default="full,sparse,lora",
-                   help=f"comma-separated modes out of {', '.join(MODES)} (default: all three)")
-    p.add_argument("--density", type=float, default=0.01, help="sparse: share of the Linear weights trained "
-                                                                "(default 0.01)")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank on every Linear of the blocks (default 8)")
-    p.add_argument("--devices", type=int, default=8, help="devices (processes) the run is sharded over (default 8)")
-    p.add_argument("--batch-size", type=int, default=1, help="micro-batch per device (default 1)")
-    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
+                   help=f"comma-separated modes out of {', '.join(MODES)}")
+    p.add_argument("--density", type=float, default=0.01, help="sparse: share of the Linear weights trained")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank on every Linear of the blocks")
+    p.add_argument("--devices", type=int, default=8, help="devices (processes) the run is sharded over")
+    p.add_argument("--batch-size", "--per_device_train_batch_size", dest="batch_size", type=int, default=1,
+                   help="micro-batch per device")
+    p.add_argument("--seq-len", "--max-length", "--max_length", dest="seq_len", type=int, default=2048,
+                   help="tokens per sequence")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16",
-                   help="frozen-weight dtype and activation dtype (default bf16; trainable tensors stay fp32 "
-                        "except in full mode, where the model itself has this dtype)")
+                   help="frozen-weight dtype and activation dtype (trainable tensors stay fp32 except in full "
+                        "mode, where the model itself has this dtype)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa",
-                   help="eager attention also stores the seq x seq scores (default sdpa)")
+                   help="eager attention also stores the seq x seq scores")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies")
     p.add_argument("--json", action="store_true", help="print JSON rows (bytes) instead of tables")
     p.set_defaults(func=run)

@@ -78,6 +78,30 @@ def measure_cost(model, *, seq_len: int = 64, repeats: int = 10, throughput_batc
     return out
 
 
+def weights_mb(model: torch.nn.Module) -> float:
+    """MB of the model's state_dict tensors as held (unique storages, tied weights once).
+
+    Shrinks with quantization (packed integer buffers), structured pruning and factorization;
+    unstructured zeros do not shrink dense storage (`count_parameters` counts the nonzeros).
+    """
+    seen, total = set(), 0
+    for t in model.state_dict(keep_vars=True).values():
+        if not isinstance(t, torch.Tensor):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()) if t.numel() else id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total / 2**20
+
+
+def model_size(model: torch.nn.Module) -> dict:
+    """Parameters, nonzero parameters and weights_mb: the size numbers a before/after compares."""
+    counts = count_parameters(model)
+    return {"params": counts["params"], "nonzero_params": counts["nonzero_params"], "weights_mb": weights_mb(model)}
+
+
 def weights_size_bytes(path: str | Path) -> int:
     return dir_size_bytes(path)
 

@@ -32,6 +32,8 @@ class DataConfig(BaseConfig):
     Args:
         task: 'ner', 'cls' or 'lm'.
         train: training file. eval: evaluation file; if empty, `eval_fraction` of train is held out.
+        eval_fraction: held-out share of the training records when `eval` is empty.
+        split_seed: seed of that held-out split.
         format: one of FORMATS; 'auto' picks conll for ner, text for lm, and by extension for cls
             ('.json' means a CLINC150-style file).
         text_col / label_col / columns: classification columns (see readers.read_classification).

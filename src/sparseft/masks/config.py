@@ -31,6 +31,9 @@ from sparseft.masks.mask import ALLOCATIONS
 DEFAULT_HEADS = ("classifier", "score", "qa_outputs")
 DEFAULT_IGNORE = (*DEFAULT_HEADS, "lm_head")
 DEFAULT_DENSITY = 0.01
+# The mask method sparse fine-tuning uses when none is named: `train --method sft` (SFTConfig),
+# `chat-sft --mode sparse` (ChatSFTConfig) and the Python API all read this one constant.
+DEFAULT_MASK = "fisher"
 
 
 @dataclass

@@ -26,11 +26,12 @@ from sparseft.config.base import known_config
 from sparseft.eval.evaluate import evaluate
 from sparseft.export.sparse_diff import save_diff
 from sparseft.load.tokenize import PadCollator
-from sparseft.masks.config import DEFAULT_HEADS, MaskConfig
+from sparseft.masks.config import DEFAULT_HEADS, DEFAULT_MASK, MaskConfig
 from sparseft.masks.select import mask_config
 from sparseft.registry import register_method
 from sparseft.sft.api import sparse_finetune
 from sparseft.train.config import TrainConfig, best_metric_for
+from sparseft.train.defaults import DEFAULT_LR
 from sparseft.train.identity import recipe_inputs
 from sparseft.utils.io import dir_size_bytes
 
@@ -39,6 +40,8 @@ from sparseft.utils.io import dir_size_bytes
 @dataclass
 class SFTConfig(TrainConfig):
     """TrainConfig fields plus the mask. Args:
+        lr: peak learning rate; the default is sparse fine-tuning's (DEFAULT_LR["sft"],
+            sparseft/train/defaults.py).
         mask: registered mask method (random, magnitude, fisher, lottery, regrow).
         density / count / match_lora_rank: the budget (at most one; default density 0.01).
         allocation: "global" or "per_tensor".
@@ -48,7 +51,8 @@ class SFTConfig(TrainConfig):
         diff_dir: where the diff is written (default <run dir>/diff).
     """
 
-    mask: str = "fisher"
+    lr: float = DEFAULT_LR["sft"]
+    mask: str = DEFAULT_MASK
     density: float | None = None
     count: int | None = None
     match_lora_rank: int | None = None

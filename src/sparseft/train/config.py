@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparseft.config.base import BaseConfig, known_config
+from sparseft.train.defaults import DEFAULT_LR
 from sparseft.train.distributed import BASE_DTYPES, DISTRIBUTED, ZERO_STAGES
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -18,17 +19,24 @@ class TrainConfig(BaseConfig):
         epochs: passes over the training data (ignored when max_steps is set).
         max_steps: total optimizer steps; overrides epochs.
         batch_size: examples per micro-batch per process. grad_accum: micro-batches per step.
-        lr, weight_decay, warmup_ratio: AdamW with linear warm-up then linear decay to 0.
+        eval_batch_size: examples per evaluation batch.
+        lr: peak learning rate (AdamW; linear warm-up, then linear decay to 0). Each method's
+            default lives in sparseft/train/defaults.py (DEFAULT_LR).
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of the optimizer steps spent in linear warm-up.
         max_grad_norm: clip the global gradient norm (None or 0 disables).
         mixed_precision: 'auto' (bf16 on GPUs that support it; on CPUs bf16 only with native bf16
             units and a faster probed step, else fp32: train/precision.py), 'no', 'bf16' or 'fp16' (GPU only).
         eval_every: 'epoch', 'never', or every N optimizer steps given as an int.
         metric_for_best: metric key to select the best checkpoint ('auto': f1 / accuracy /
             -perplexity by task); greater_is_better is inferred ('loss'/'perplexity' are minimised).
+        load_best_at_end: put the best checkpoint's weights back into the model at the end.
         save_every: also checkpoint every N optimizer steps (0: only at epoch ends).
         resume: continue from output_dir/checkpoints/last when it exists; the checkpoint must come
             from the same model, data and config (train/identity.py), else a one-line error.
+        log_every: log the training loss every N optimizer steps.
         seed: seeds data order (per epoch), dropout and new heads.
+        progress: show a progress bar (main process only).
         group_by_length: batch examples of similar length together (less padding, faster).
         distributed: 'ddp' (whole model per process), 'fsdp' (FSDP2 fully_shard: parameters,
             gradients and optimizer state sharded) or 'deepspeed' (ZeRO `zero_stage`); see
@@ -47,7 +55,7 @@ class TrainConfig(BaseConfig):
     batch_size: int = 32
     eval_batch_size: int = 64
     grad_accum: int = 1
-    lr: float = 5e-5
+    lr: float = DEFAULT_LR["train"]
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float | None = 1.0

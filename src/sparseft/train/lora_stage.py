@@ -32,6 +32,7 @@ from sparseft.config.targets import TargetSpec, matches, select_modules
 from sparseft.masks.config import DEFAULT_HEADS, DEFAULT_IGNORE
 from sparseft.registry import register_method
 from sparseft.train.config import TrainConfig, best_metric_for
+from sparseft.train.defaults import DEFAULT_LR
 from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import atomic_dir, dir_size_bytes
 
@@ -40,6 +41,7 @@ from sparseft.utils.io import atomic_dir, dir_size_bytes
 @dataclass
 class LoRAStageConfig(TrainConfig):
     """TrainConfig fields plus the adapter. Args:
+        lr: peak learning rate; the default is LoRA's (DEFAULT_LR["lora"], sparseft/train/defaults.py).
         rank: LoRA rank (ignored when rank_for_density is set).
         rank_for_density: pick the rank whose trainable count is closest to this fraction of the
             targeted weights' entries (the budget of sparse fine-tuning at that density).
@@ -51,6 +53,7 @@ class LoRAStageConfig(TrainConfig):
         adapter_dir: where the adapter is written (default <stage dir>/adapter).
     """
 
+    lr: float = DEFAULT_LR["lora"]
     rank: int = 8
     rank_for_density: float | None = None
     alpha: float | None = None
