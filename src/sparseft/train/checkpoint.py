@@ -66,10 +66,21 @@ def prepare_run_dir(output_dir: str | Path) -> list[Path]:
 
 def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: LoopState,
                     train_config: dict, identity: dict | None = None) -> Path:
+    return save_checkpoint_from_state(output_dir, trainable_state(model), optimizer.state_dict(), scheduler,
+                                      state, train_config, identity,
+                                      frozen_excluded=len(frozen_names(model)))
+
+
+def save_checkpoint_from_state(output_dir: str | Path, trainable: dict[str, torch.Tensor], optimizer_state: dict,
+                               scheduler, state: LoopState, train_config: dict, identity: dict | None = None,
+                               *, frozen_excluded: int = 0) -> Path:
+    """`save_checkpoint` for tensors gathered elsewhere (a sharded run's full trainable state and
+    optimizer state): the same layout, so either kind of run reads it."""
     path = checkpoint_dir(output_dir)
     with atomic_dir(path) as tmp:
-        save_trainable(model, tmp / WEIGHTS)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt", "sparseft": "trainable", "frozen_excluded": str(frozen_excluded)})
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -91,21 +102,27 @@ def read_checkpoint_state(output_dir: str | Path) -> dict:
 
 
 def load_checkpoint(output_dir: str | Path, model, optimizer, scheduler,
-                    identity: dict | None = None) -> tuple[LoopState, dict]:
+                    identity: dict | None = None, *, optimizer_state_fn=None) -> tuple[LoopState, dict]:
     """Restore everything in place; returns (loop state, the TrainConfig dict it was saved with).
 
     With `identity`, the checkpoint must have been written by a run with the same identity
-    (else `ResumeMismatch`, before anything is loaded).
+    (else `ResumeMismatch`, before anything is loaded). `model=None` skips the weights (a sharded
+    run loads them into its plain model first: `load_checkpoint_weights`); `optimizer_state_fn`
+    maps the saved optimizer state before loading (full tensors -> this rank's shards).
     """
     path = checkpoint_dir(output_dir)
     meta = _read_json(path / "state.json")
     if identity is not None:
         check_resume(meta.get("identity"), identity, path)
     verify_manifest(path)
-    load_trainable(model, path / WEIGHTS)
+    if model is not None:
+        load_trainable(model, path / WEIGHTS)
     for name, target in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
         try:
-            target.load_state_dict(_torch_load(path / name))
+            saved = _torch_load(path / name)
+            if name == "optimizer.pt" and optimizer_state_fn is not None:
+                saved = optimizer_state_fn(saved)
+            target.load_state_dict(saved)
         except (ValueError, KeyError, RuntimeError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
@@ -120,6 +137,15 @@ def load_checkpoint(output_dir: str | Path, model, optimizer, scheduler,
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path / 'state.json'} is not a sparseft checkpoint state ({exc}); "
                               f"{_way_out(path)}") from None
+
+
+def load_checkpoint_weights(output_dir: str | Path, model, identity: dict | None = None) -> None:
+    """Only the trainable tensors of the checkpoint into `model` (identity and manifest checked)."""
+    path = checkpoint_dir(output_dir)
+    if identity is not None:
+        check_resume(_read_json(path / "state.json").get("identity"), identity, path)
+    verify_manifest(path)
+    load_trainable(model, path / WEIGHTS)
 
 
 def save_weights(model, path: str | Path) -> None:

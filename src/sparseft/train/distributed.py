@@ -32,8 +32,13 @@ treats them like any parameter; DeepSpeed partitions them); the `indices` buffer
 (buffers are not sharded). Both are O(k); sharding them costs nothing extra and keeps the AdamW
 state 1/N per process.
 
-Limits (stated, checked): no resume checkpoints under fsdp/deepspeed (the loop skips them and
-refuses to resume from an existing one); no `post_step` hooks (pruning masks, regrow).
+Resume under fsdp: every rank gathers the trainable tensors and the AdamW moments, rank 0 writes
+the 1-process checkpoint layout (`save_sharded_checkpoint`); on resume the weights are loaded into
+the plain model before it is sharded and the moments are cut back into shards
+(`shard_optimizer_state_fn`), so a resumed run reaches the same weights bit for bit.
+
+Limits (stated, checked): no resume checkpoints under deepspeed (the loop skips them and refuses
+to resume from an existing one); no `post_step` hooks (pruning masks, regrow).
 """
 
 from __future__ import annotations
@@ -195,14 +200,14 @@ def _register_external_weights(model: nn.Module) -> None:
             deepspeed.zero.register_external_parameter(module, module.base.weight)
 
 
-def gather_full_state(model: nn.Module, engine: str) -> dict[str, torch.Tensor]:
+def gather_full_state(model: nn.Module, engine: str, skip: set[str] = frozenset()) -> dict[str, torch.Tensor]:
     """{name: full CPU tensor} of every parameter and buffer, on every rank (a collective: all
     ranks must call it). fsdp: DTensor all-gather; deepspeed: the fp32 master of trainable
     parameters (`safe_get_full_fp32_param`, also right under bf16), `GatheredParameters` for the
-    frozen ones (a no-op below ZeRO-3)."""
+    frozen ones (a no-op below ZeRO-3). Names in `skip` are not gathered (same set on all ranks)."""
     gather = _gather_deepspeed if engine == "deepspeed" else _gather_plain
-    state = {name: gather(p) for name, p in model.named_parameters()}
-    state.update({name: _gather_plain(b) for name, b in model.named_buffers()})
+    state = {name: gather(p) for name, p in model.named_parameters() if name not in skip}
+    state.update({name: _gather_plain(b) for name, b in model.named_buffers() if name not in skip})
     return state
 
 
@@ -251,21 +256,81 @@ def copy_back_(original: nn.Module, replica: nn.Module, engine: str) -> nn.Modul
     return original
 
 
-def save_gathered_weights(model: nn.Module, engine: str, path: str | Path, is_main: bool) -> None:
-    """`checkpoint.save_weights` for a sharded model: every rank gathers (a collective), rank 0
-    writes the checkpoint layout (`checkpoint.save_weights_from_state`: every non-frozen state_dict
-    entry, tied tensors once), which `checkpoint.load_weights` reads into the plain model."""
-    from sparseft.train.checkpoint import frozen_names, save_weights_from_state
+def gathered_trainable(model: nn.Module, engine: str) -> dict[str, torch.Tensor]:
+    """`checkpoint.trainable_state` of a sharded model, as full CPU tensors on every rank (a
+    collective): every non-frozen state_dict entry, tied tensors once."""
+    from sparseft.train.checkpoint import frozen_names
 
-    state = gather_full_state(model, engine)
     frozen, seen, out = frozen_names(model), set(), {}
+    state = gather_full_state(model, engine, skip=frozen)  # the frozen base is not gathered
     for name, t in model.state_dict(keep_vars=True).items():  # on every rank: FSDP's hooks may communicate
         if name in frozen or id(t) in seen:
             continue
         seen.add(id(t))
         out[name] = state[name] if name in state else t.detach().cpu()  # e.g. the swaps' empty guards
+    return out
+
+
+def save_gathered_weights(model: nn.Module, engine: str, path: str | Path, is_main: bool) -> None:
+    """`checkpoint.save_weights` for a sharded model: every rank gathers (a collective), rank 0
+    writes the checkpoint layout (`checkpoint.save_weights_from_state`), which
+    `checkpoint.load_weights` reads into the plain model."""
+    from sparseft.train.checkpoint import save_weights_from_state
+
+    out = gathered_trainable(model, engine)
     if is_main:
         save_weights_from_state(out, path)
+
+
+# ---- resume checkpoints of an FSDP run: full tensors on disk, shards in memory -------------------
+
+def gathered_optimizer_state(optimizer) -> dict:
+    """The optimizer's state_dict with every DTensor (AdamW moments of sharded parameters)
+    all-gathered into a full CPU tensor: the 1-process layout (a collective, in state order)."""
+    from torch.distributed.tensor import DTensor
+
+    sd = optimizer.state_dict()
+    state = {}
+    for idx in sorted(sd["state"]):
+        state[idx] = {k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v) for k, v in sd["state"][idx].items()}
+    return {**sd, "state": state}
+
+
+def shard_optimizer_state_fn(optimizer):
+    """A function mapping a saved full optimizer state onto `optimizer`'s sharded parameters:
+    each full moment becomes a DTensor with its parameter's mesh and placements, this rank's
+    chunk taken locally (no communication; FSDP2 and DTensor cut the same torch.chunk rows)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def shard(sd: dict) -> dict:
+        order = [i for group in sd["param_groups"] for i in group["params"]]
+        if len(order) != len(params):
+            raise ValueError(f"the saved optimizer state has {len(order)} parameters, this run {len(params)}")
+        by_index = dict(zip(order, params))
+        state = {}
+        for idx, entry in sd["state"].items():
+            p = by_index[idx]
+            state[idx] = {k: (distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+                              if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v)
+                          for k, v in entry.items()}
+        return {**sd, "state": state}
+
+    return shard
+
+
+def save_sharded_checkpoint(out: str | Path, model: nn.Module, optimizer, scheduler, state, train_config: dict,
+                            identity: dict | None, is_main: bool) -> None:
+    """`checkpoint.save_checkpoint` for an FSDP run: every rank gathers the trainable tensors and
+    the optimizer moments (collectives), rank 0 writes the same layout as a 1-process run."""
+    from sparseft.train.checkpoint import frozen_names, save_checkpoint_from_state
+
+    trainable = gathered_trainable(model, "fsdp")
+    optimizer_state = gathered_optimizer_state(optimizer)
+    if is_main:
+        save_checkpoint_from_state(out, trainable, optimizer_state, scheduler, state, train_config, identity,
+                                   frozen_excluded=len(frozen_names(model)))
 
 
 # ---- DeepSpeed configuration ------------------------------------------------------------------------
@@ -344,13 +409,13 @@ def engine_for(cfg, num_processes: int) -> str | None:
 
 
 def check_engine_supported(engine: str, *, post_step, resume_checkpoint: bool) -> None:
-    """The stated limits of the sharded engines, as one-line errors."""
+    """The stated limits of the sharded engines, as one-line errors (fsdp resumes; deepspeed not)."""
     if post_step:
         raise ValueError(f"distributed={engine} does not run post_step hooks (pruning masks, sparse regrow): "
                          f"they edit whole weights, which are sharded; use distributed=ddp")
-    if resume_checkpoint:
-        raise ValueError(f"distributed={engine} cannot resume from the checkpoint in output_dir (written by a "
-                         f"ddp run; sharded runs write none): set resume=false or use another output_dir")
+    if resume_checkpoint and engine == "deepspeed":
+        raise ValueError(f"distributed={engine} cannot resume from the checkpoint in output_dir (DeepSpeed runs "
+                         f"write none; fsdp and ddp runs do): set resume=false or use another output_dir")
 
 
 def engine_of(model: nn.Module, deepspeed_active: bool) -> str | None:

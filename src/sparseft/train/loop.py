@@ -33,8 +33,8 @@ from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sparseft.train.checkpoint import (LoopState, has_checkpoint, load_checkpoint, load_weights,
-                                       prepare_run_dir, save_checkpoint, save_weights)
+from sparseft.train.checkpoint import (LoopState, has_checkpoint, load_checkpoint, load_checkpoint_weights,
+                                       load_weights, prepare_run_dir, save_checkpoint, save_weights)
 from sparseft.train import distributed
 from sparseft.train.config import TrainConfig
 from sparseft.train.identity import build_identity
@@ -190,9 +190,11 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
     if engine is None:
         model.to(accelerator.device)
     groups = param_groups if param_groups is not None else default_param_groups(model, cfg.weight_decay)
+    resuming = cfg.resume and has_checkpoint(out)
     if engine:  # fsdp / deepspeed train a sharded replica; copied back into `original` at the end
-        distributed.check_engine_supported(engine, post_step=post_step,
-                                           resume_checkpoint=cfg.resume and has_checkpoint(out))
+        distributed.check_engine_supported(engine, post_step=post_step, resume_checkpoint=resuming)
+        if resuming:  # fsdp: the saved full tensors go into the plain model, then it is sharded
+            load_checkpoint_weights(out, model, identity)
         model, groups = distributed.make_replica(model, groups, engine=engine, device=accelerator.device,
                                                  precision=accelerator.mixed_precision, offload=cfg.offload,
                                                  zero_stage=cfg.zero_stage)
@@ -206,8 +208,9 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
     scheduler = linear_warmup_decay(optimizer, total_steps, int(cfg.warmup_ratio * total_steps))
 
     state, resumed_from = LoopState(), None
-    if cfg.resume and has_checkpoint(out):  # ResumeMismatch unless same model, data and config
-        state, _ = load_checkpoint(out, model, optimizer, scheduler, identity)
+    if resuming:  # ResumeMismatch unless same model, data and config
+        state, _ = load_checkpoint(out, None if engine else model, optimizer, scheduler, identity,
+                                   optimizer_state_fn=distributed.shard_optimizer_state_fn(optimizer) if engine else None)
         _truncate_log(log_path, state.step, is_main)
         resumed_from = state.step
         if state.step >= total_steps:
@@ -340,9 +343,15 @@ def _evaluate(model, eval_fn, state: LoopState, metric_name: str, greater: bool,
 
 def _checkpoint(out: Path, model, optimizer, scheduler, state: LoopState, cfg: TrainConfig,
                 accelerator: Accelerator, identity: dict) -> None:
-    if distributed.engine_for(cfg, accelerator.num_processes):
-        return  # sharded runs write no resume checkpoint (train/distributed.py, docs/scaling.md)
+    engine = distributed.engine_for(cfg, accelerator.num_processes)
+    if engine == "deepspeed":
+        return  # DeepSpeed runs write no resume checkpoint (train/distributed.py, docs/scaling.md)
     accelerator.wait_for_everyone()
+    if engine == "fsdp":  # every rank gathers (collectives), rank 0 writes the 1-process layout
+        distributed.save_sharded_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state,
+                                            cfg.to_dict(), identity, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+        return
     if accelerator.is_main_process:
         save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.to_dict(),
                         identity)
