@@ -186,3 +186,17 @@ def test_targets_choose_blocks(bert_ner):
     moefy_(bert_ner, MoEfyConfig(num_experts=4, top_k=2, targets=["re:layer\\.1\\."]))
     assert [n for n, _ in expert_layers(bert_ner)] == ["bert.encoder.layer.1.intermediate"]
     assert isinstance(bert_ner.bert.encoder.layer[0].output.dense, torch.nn.Linear)
+
+
+def test_mass_threshold_routing_uses_more_experts_for_a_higher_threshold(bert_ner, batches_for, logits):
+    batch = batches_for(bert_ner, 1)[0]
+    dense = logits(bert_ner, batch)
+    moefy_(bert_ner, MoEfyConfig(num_experts=8, top_k=8, threshold=0.5))
+    used = {}
+    for threshold in (0.5, 0.9, 1.0):
+        set_routing_(bert_ner, threshold=threshold)
+        reset_expert_counters(bert_ner)
+        out = logits(bert_ner, batch)
+        used[threshold] = expert_counters(bert_ner)["assignments"]
+    assert used[0.5] < used[0.9] <= used[1.0] <= 2 * batch["input_ids"].numel() * 8
+    torch.testing.assert_close(out, dense, atol=2e-6, rtol=1e-5)      # all the mass: the dense output

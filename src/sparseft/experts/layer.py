@@ -151,13 +151,16 @@ class ExpertFFN(nn.Module):
         chosen, weights = self.route(x)
         out = torch.zeros_like(x)
         per_expert = chosen.sum(0).tolist()                                   # tokens per expert
+        tokens = chosen.t().nonzero()[:, 1]                                   # token ids grouped by expert
+        start = 0
         for e, count in enumerate(per_expert):
             if count == 0:
                 continue                                                      # skipped: no compute at all
-            idx = chosen[:, e].nonzero().squeeze(1)
+            idx = tokens[start:start + count]
+            start += count
             y = self.expert_hidden(x.index_select(0, idx), e) @ self.w_out[e]  # [n_e, H]
             if weights is not None:
-                y = y * weights.index_select(0, idx)[:, e:e + 1]
+                y = y * weights[idx, e].unsqueeze(1)
             out.index_add_(0, idx, y)
             self.expert_calls += 1
             self.expert_flops += 2 * count * self.expert_size * self.hidden_size * self._mults()
