@@ -79,6 +79,11 @@ _PUBLIC = {
     # sparse attention
     "sparsify_attention_": "sparseft.attention.apply:sparsify_attention_",
     "SparseAttentionConfig": "sparseft.attention.config:SparseAttentionConfig",
+    # sparse experts (MoEfication, upcycling)
+    "moefy_": "sparseft.experts.api:moefy_",
+    "upcycle_": "sparseft.experts.api:upcycle_",
+    "MoEfyConfig": "sparseft.experts.config:MoEfyConfig",
+    "UpcycleConfig": "sparseft.experts.config:UpcycleConfig",
     # evaluation and recipes
     "evaluate": "sparseft.eval.evaluate:evaluate",
     "Recipe": "sparseft.config.recipe:Recipe",

@@ -63,7 +63,11 @@ def moefy_(model: nn.Module, config, *, batches: Iterable[dict] | None = None) -
 
 
 def upcycle_(model: nn.Module, config: UpcycleConfig) -> dict:
-    """Sparse upcycling in place (`moefy_` with an UpcycleConfig)."""
+    """Sparse upcycling in place (`moefy_` with an UpcycleConfig): E copies of each FFN + a top-k router.
+
+    Example:
+        >>> upcycle_(model, UpcycleConfig(num_experts=4, top_k=2))     # doctest: +SKIP
+    """
     if not isinstance(config, UpcycleConfig):
         raise TypeError(f"upcycle_ takes an UpcycleConfig, got {type(config).__name__}")
     return moefy_(model, config)
