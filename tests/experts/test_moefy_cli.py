@@ -42,3 +42,16 @@ def test_cli_moefy_end_to_end(tiny_bert_dir, toy_ner_files, tmp_path):
     assert len(layers) == 2 and all(l.top_k == 2 and not l.oracle for _, l in layers)
     with pytest.raises(ValueError, match="need calibration data"):
         main(["moefy", "--model", str(tiny_bert_dir), "--task", "ner", "--router", "mlp", "-o", str(tmp_path / "x")])
+
+
+def test_shipped_moefy_recipe_builds():
+    from pathlib import Path
+
+    from sparseft.config.recipe import load_recipe
+    from sparseft.methods import build_stage_config
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "minilm_conll2003_moefy.yaml"
+    assert path.read_text().splitlines()[0].startswith(f"# sparseft run recipes/{path.name}")
+    recipe = load_recipe(path)
+    method, cfg = build_stage_config(recipe.stages[0], recipe)
+    assert method.name == "moefy" and cfg.build().num_experts == 16 and cfg.build().router == "mlp"
