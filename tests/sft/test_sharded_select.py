@@ -1,9 +1,10 @@
 """Mask selection from per-shard scores (sft/sharded_select.py) on 2 CPU processes (torchrun, gloo)
 equals 1-process `select_masks` exactly, on a tiny Llama: magnitude (global and per_tensor),
 random, fisher (calibration batches through an FSDP2 replica, each rank on its half of every
-global batch) and match_lora_rank per_tensor quotas. Each rank holds only its rows' scores
-(about half of all targeted entries), the caller's weights and requires_grad flags are left as
-they were, and lottery / regrow are refused with one line. One torchrun start: ~10-15 s."""
+global batch), match_lora_rank per_tensor quotas, and lottery (dense phase on a sharded replica;
+>= 95% overlap asserted, exact here). Each rank holds only its rows' scores (about half of all
+targeted entries), the caller's weights and requires_grad flags are left as they were, and
+regrow is refused with one line. One torchrun start: ~15-30 s."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ configs = {"magnitude": MagnitudeMaskConfig(density=0.05),
            "magnitude_per_tensor": MagnitudeMaskConfig(density=0.05, allocation="per_tensor"),
            "random": RandomMaskConfig(count=333, seed=3),
            "fisher": FisherMaskConfig(density=0.1, n_batches=3),
-           "fisher_lora_per_tensor": FisherMaskConfig(match_lora_rank=1, allocation="per_tensor", n_batches=2)}
+           "fisher_lora_per_tensor": FisherMaskConfig(match_lora_rank=1, allocation="per_tensor", n_batches=2),
+           "lottery": LotteryMaskConfig(density=0.1, steps=3, lr=1e-3)}
 result = {"equal": {}, "scored": {}, "errors": []}
 for name, mcfg in configs.items():
     got, scored = select_indices_sharded(model, mcfg, batches=mine, loss_fn=None or (lambda m, b: m(**b).loss),
@@ -51,9 +53,12 @@ for name, mcfg in configs.items():
     result["equal"][name] = all(torch.equal(got[n], torch.nonzero(want[n].reshape(-1)).reshape(-1)) for n in want) \
         and list(got) == list(want) and sum(v.numel() for v in got.values()) == sum(int(m.sum()) for m in want.values())
     result["scored"][name] = scored
+    result.setdefault("overlap", {})[name] = sum(
+        int(torch.isin(got[n], torch.nonzero(want[n].reshape(-1)).reshape(-1)).sum()) for n in want) / max(
+        1, sum(int(m.sum()) for m in want.values()))
 result["untouched"] = all(torch.equal(before[n], p) and p.requires_grad and p.grad is None
                           for n, p in model.named_parameters())
-for bad in (LotteryMaskConfig(density=0.1, steps=2), RegrowMaskConfig(density=0.1)):
+for bad in (RegrowMaskConfig(density=0.1),):
     try:
         select_indices_sharded(model, bad, batches=mine, loss_fn=None, device=torch.device("cpu"))
     except ValueError as exc:
@@ -75,12 +80,16 @@ def test_sharded_selection_equals_single_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
     for r, res in enumerate(ranks):
-        assert res["equal"] == {k: True for k in res["equal"]} and len(res["equal"]) == 5, res["equal"]
+        exact = {k: v for k, v in res["equal"].items() if k != "lottery"}
+        assert exact == {k: True for k in exact} and len(exact) == 5, res["equal"]
+        # lottery: AdamW's first steps move many entries by ~lr alike, so reduction rounding may
+        # reorder a few near-ties (exactly equal on the development machine)
+        assert res["overlap"]["lottery"] >= 0.95, res["overlap"]
         assert res["untouched"], "selection changed the caller's weights or flags"
         # each rank scored exactly its FSDP rows: about half of the targeted entries, never all
         mine = sum(s[1] * (lambda a, b: b - a)(*row_range(s[0], 2, r)) for s in res["shapes"].values())
         total = sum(s[0] * s[1] for s in res["shapes"].values())
         assert set(res["scored"].values()) == {mine}, res["scored"]
         assert 0.4 * total < mine < 0.6 * total
-        assert len(res["errors"]) == 2 and "lottery" in res["errors"][0] and "regrow" in res["errors"][1]
+        assert len(res["errors"]) == 1 and "regrow" in res["errors"][0]
         assert all("\n" not in e and "use" in e for e in res["errors"])

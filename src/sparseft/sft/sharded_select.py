@@ -22,8 +22,12 @@ same global batch (ties in position order, exactly as `topk_masks` breaks them):
                per-process batches (the loop's own split) and FSDP averages over ranks, so each
                group's gradient is the global batch's (the loss is a mean per rank, so this is
                exact when the ranks see as many tokens, as the loop's loss is).
-    lottery, regrow  refused with one line (`REFUSED`): lottery's dense phase is full fine-tuning,
-               regrow's post-step hook edits whole weights.
+    lottery    the dense phase (AdamW, warm-up, clipping at 1.0, train mode: `lottery_scores`)
+               trains a sharded replica over aliases of the host weights; FSDP keeps its own copy of
+               each rank's rows, so the host weights stay W0 (nothing to rewind) and the score is
+               |W_local - W0 rows|. Memory: full fine-tuning's, 1/N per rank. Equal to 1 process up
+               to the rounding of the reductions, which AdamW can amplify on a few near-tied entries.
+    regrow     refused with one line (`REFUSED`): its post-step hook edits whole weights.
 
 Another registered mask method has no sharded scorer: `sparse_finetune` then selects on the host
 copy (`select_masks`, rank 0's masks broadcast) and warns once.
@@ -40,6 +44,7 @@ import torch.nn as nn
 
 from sparseft.masks.config import MaskConfig
 from sparseft.masks.fisher import FisherMaskConfig, to_device
+from sparseft.masks.lottery import LotteryMaskConfig
 from sparseft.masks.magnitude import MagnitudeMaskConfig
 from sparseft.masks.mask import per_tensor_quotas
 from sparseft.masks.random import RandomMaskConfig
@@ -51,17 +56,14 @@ from sparseft.train.sharded_topk import sharded_topk_indices
 _CHUNK = 1 << 20  # random draws discarded per step while skipping other ranks' rows
 
 REFUSED = {
-    "lottery": "mask=lottery cannot select under distributed=fsdp: its dense phase is full fine-tuning of "
-               "every weight (AdamW on the whole model), which sharded selection does not run; use "
-               "mask=fisher or magnitude (selected from shards), or distributed=ddp",
     "regrow": "mask=regrow cannot run under distributed=fsdp: its drop/regrow post_step hook edits whole "
               "weights, which are sharded; use mask=fisher or magnitude, or distributed=ddp",
 }
 
 
 def has_sharded_scorer(cfg: MaskConfig) -> bool:
-    """True for the methods scored per shard here (magnitude, random, fisher)."""
-    return type(cfg) in (MagnitudeMaskConfig, RandomMaskConfig, FisherMaskConfig)
+    """True for the methods scored per shard here (magnitude, random, fisher, lottery)."""
+    return type(cfg) in (MagnitudeMaskConfig, RandomMaskConfig, FisherMaskConfig, LotteryMaskConfig)
 
 
 def check_sharded_supported(cfg: MaskConfig) -> None:
@@ -86,11 +88,13 @@ def select_indices_sharded(model: nn.Module, cfg: MaskConfig, *, batches: list[d
 
     check_sharded_supported(cfg)
     if not has_sharded_scorer(cfg):
-        raise ValueError(f"{type(cfg).__name__} has no sharded scorer (magnitude, random, fisher)")
+        raise ValueError(f"{type(cfg).__name__} has no sharded scorer (magnitude, random, fisher, lottery)")
     rank, world = dist.get_rank(), dist.get_world_size()
     params = target_parameters(model, cfg)
     if isinstance(cfg, FisherMaskConfig):
         scores = _fisher_local(model, params, batches, cfg.n_batches, loss_fn, device)
+    elif isinstance(cfg, LotteryMaskConfig):
+        scores = _lottery_local(model, params, cfg, batches, loss_fn, device, rank, world)
     elif isinstance(cfg, RandomMaskConfig):
         scores = _random_local(params, cfg.seed, rank, world)
     else:
@@ -158,6 +162,45 @@ def _fisher_local(model: nn.Module, params: dict[str, nn.Parameter], batches, n_
                 sharded[name].grad = None
     finally:
         del replica, sharded
+    return scores
+
+
+def _lottery_local(model: nn.Module, params: dict[str, nn.Parameter], cfg: LotteryMaskConfig, batches, loss_fn,
+                   device: torch.device, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """|W - W0| of this rank's rows after `lottery_scores`' dense phase, run on a sharded replica."""
+    from torch.distributed.tensor import DTensor
+
+    if not batches:
+        raise ValueError("lottery mask selection under distributed=fsdp got no batches on this rank")
+    replica = distributed.aliased_copy(model)
+    for name, p in replica.named_parameters():
+        if name in params:  # targeted weights move even if the caller froze them (as lottery_scores)
+            p.requires_grad_(True)
+    distributed.shard_fsdp_(replica, device=device)
+    trainable = [p for p in replica.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    replica.train()
+    try:
+        for batch in batches[:cfg.steps]:
+            loss = loss_fn(replica, to_device(batch, device))
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"lottery dense phase diverged (loss {loss.item()}); lower `lr` ({cfg.lr})")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            sched.step()
+            optimizer.zero_grad(set_to_none=True)
+        sharded = dict(replica.named_parameters())
+        scores = {}
+        for name, p in params.items():
+            w = sharded[name]
+            w = w.to_local() if isinstance(w, DTensor) else w
+            r0, r1 = row_range(p.shape[0], world, rank)
+            scores[name] = (w.detach().cpu() - p.detach()[r0:r1].to(w.dtype)).abs().float()
+    finally:
+        del replica, optimizer
     return scores
 
 
