@@ -253,3 +253,13 @@ def test_recipe_stage_applies_the_pattern():
     assert ctx.report.sections["attn"]["attn_implementation"] == ATTN_NAME
     with pytest.raises(ValueError, match="window"):
         build_stage_config(Stage(name="a", method="sparse_attention", params={"window": "log"}), recipe)
+
+
+def test_packed_sequences_are_refused_not_leaked():
+    model = _llama()
+    sparsify_attention_(model, SparseAttentionConfig(window=4))
+    ids = _batch()[0][:1, :12]
+    positions = torch.cat([torch.arange(6), torch.arange(6)]).unsqueeze(0)
+    with pytest.raises(ValueError, match="packed sequences"):
+        model(ids, position_ids=positions)
+    model(ids, position_ids=torch.arange(12).unsqueeze(0))   # ordinary positions are fine

@@ -101,6 +101,9 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
     kv_len = key.shape[2]
     q_offset = None
     positions = kwargs.get("position_ids")
+    if positions is not None and attention_mask is None and _restarts(positions):
+        raise ValueError(f"{ATTN_NAME} attention does not support packed sequences (position_ids restart inside a "
+                         f"row, e.g. chat-sft --packing): train without packing")
     if causal and positions is not None and kv_len < int(positions.max()) + 1:   # a rolled windowed cache
         return rolled_attention(query, key, value, cfg, positions, scaling=scaling, key_padding=attention_mask), None
     if cfg.is_dense_for(kv_len):
@@ -125,13 +128,19 @@ def rolled_attention(query, key, value, cfg: SparseAttentionConfig, positions: t
     is evaluated on their true positions; [Lq, sinks + window] mask, never [L, L]."""
     from sparseft.attention.cache import sink_count
 
-    total = int(positions.max()) + 1
+    row = int(positions[:, -1].argmax())           # the least padded row: its positions are the cache slots
+    total = int(positions[row, -1]) + 1
     kv_len, sinks = key.shape[2], sink_count(cfg)
     kpos = torch.cat([torch.arange(sinks), torch.arange(total - (kv_len - sinks), total)]).to(query.device)
-    qpos = positions[0].to(query.device).view(-1, 1)
+    qpos = positions[row].to(query.device).view(-1, 1)
     delta = qpos - kpos
     allowed = (in_local(delta, cfg.window_for(total), cfg.dilation, True) | (kpos < sinks)) & (delta >= 0)
     return dense_reference(query, key, value, allowed, scaling=scaling, key_padding=key_padding)
+
+
+def _restarts(positions: torch.Tensor) -> bool:
+    """Whether position_ids restart inside a row (several packed sequences in one row)."""
+    return positions.shape[-1] > 1 and bool((positions.diff(dim=-1) < 0).any())
 
 
 def _flex_ok(query: torch.Tensor, module) -> bool:

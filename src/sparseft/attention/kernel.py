@@ -158,7 +158,11 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     else:
         keep = torch.cat([k.expand(k.shape[0], n_blocks, block, k.shape[-1]) for k in keeps], -1)
         all_scores = torch.cat(scores, -1)
-    probs = _softmax_rows(all_scores, keep.unsqueeze(1).unsqueeze(3))
+    # Additive bias (0 / -inf; rows with no key get 0 and are zeroed at the output): one pass over
+    # the scores for the mask and one for the softmax, the mask itself has no head axes.
+    has = keep.any(-1, keepdim=True)                                            # [B|1, nb, block, 1]
+    bias = torch.zeros(keep.shape, dtype=all_scores.dtype, device=dev).masked_fill_(~keep & has, float("-inf"))
+    probs = torch.softmax(all_scores + bias.unsqueeze(1).unsqueeze(3), dim=-1)
     if dropout:
         probs = F.dropout(probs, p=dropout, training=True)
     out = None
@@ -172,6 +176,8 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
             flat = p.reshape(bsz, kv_heads, n_blocks, groups * block, -1)
             part = (flat @ (v.unsqueeze(2) if kind == "shared" else v)).view(bsz, kv_heads, n_blocks, groups, block, dim)
         out = part if out is None else out + part
+    if not bool(has.all()):
+        out = out.masked_fill(~has.unsqueeze(1).unsqueeze(3), 0.0)
     out = out.transpose(2, 3).reshape(bsz, heads, q_pad, dim)[:, :, :q_len]
 
     # Global rows see every (visible) key: recompute them densely and write them over.
