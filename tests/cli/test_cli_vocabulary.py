@@ -48,7 +48,7 @@ def test_help_states_each_default_once(name):
     parser.format_help()  # renders
 
 
-@pytest.mark.parametrize("name", ["train", "prune", "quantize", "factorize", "chat-sft", "demo", "compare",
+@pytest.mark.parametrize("name", ["train", "prune", "quantize", "factorize", "chat-sft", "demo", "compare", "run",
                                   "diff apply", "diff revert", "diff compose", "diff merge", "export"])
 def test_o_is_output_dir_everywhere(name):
     out = _option(VERBS[name], "-o")
@@ -77,6 +77,8 @@ def test_set_is_the_config_field_flag_and_option_its_alias(name):
     ("eval", ["--model_name_or_path", "--max_length"]),
     ("export", ["--model_name_or_path", "--output_dir"]),
     ("diff merge", ["--model_name_or_path", "--output_dir"]),
+    ("plan", ["--model_name_or_path", "--max_length", "--per_device_train_batch_size"]),
+    ("run", ["--output_dir"]),
 ])
 def test_hf_trl_names_are_aliases(name, flags):
     for flag in flags:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sparseft.cli.common import HelpFormatter
+from sparseft.cli.common import HelpFormatter, add_model_arg, resolve_model_arg
 from sparseft.plan.memory import MODES, STRATEGIES
 
 
@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
                                    "config alone. MODEL: llama-3-8b, llama-3-70b, llama-3.2-1b (bundled), a "
                                    "config.json, a model folder, a .gguf file or an alias (minilm, smollm2).",
                        formatter_class=HelpFormatter)
-    p.add_argument("model", help="bundled config name, config.json, model folder, .gguf or alias")
+    add_model_arg(p, positional=True, required=True,
+                  help="bundled config name, config.json, model folder, .gguf or alias")
     p.add_argument("--mode", default="full,sparse,lora",
                    help=f"comma-separated modes out of {', '.join(MODES)}")
     p.add_argument("--density", type=float, default=0.01, help="sparse: share of the Linear weights trained")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
         raise ValueError(f"unknown strategies {bad}; valid: {', '.join(STRATEGIES)}")
-    shape = model_shape(args.model)
+    shape = model_shape(resolve_model_arg(args))
     out = []
     for mode in modes:
         inp = PlanInput(mode=mode, density=args.density, rank=args.rank, devices=args.devices,

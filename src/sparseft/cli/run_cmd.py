@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from sparseft.cli.common import add_overwrite_arg
+from sparseft.cli.common import HelpFormatter, add_output_arg, add_overwrite_arg
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a YAML recipe of stages",
                        description="Run RECIPE (YAML). Overrides use dotted keys: seed=1, "
-                                   "data.train_limit=2000, stages.finetune.lr=1e-4.")
+                                   "data.train_limit=2000, stages.finetune.lr=1e-4.",
+                       formatter_class=HelpFormatter)
     p.add_argument("recipe", nargs="?", help="recipe YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied before validation")
     p.add_argument("--list-stages", action="store_true", help="list the registered stage methods and exit")
+    add_output_arg(p, help="run folder (the same as the override output_dir=DIR)")
     add_overwrite_arg(p)
     p.set_defaults(func=run)
 
@@ -31,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.recipe:
         raise ValueError("give a recipe YAML file (or --list-stages)")
-    run_recipe(load_recipe(args.recipe, args.overrides), overwrite=args.overwrite)
+    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    run_recipe(load_recipe(args.recipe, overrides), overwrite=args.overwrite)
     return 0
