@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -200,3 +201,18 @@ def test_mass_threshold_routing_uses_more_experts_for_a_higher_threshold(bert_ne
         used[threshold] = expert_counters(bert_ner)["assignments"]
     assert used[0.5] < used[0.9] <= used[1.0] <= 2 * batch["input_ids"].numel() * 8
     torch.testing.assert_close(out, dense, atol=2e-6, rtol=1e-5)      # all the mass: the dense output
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_is_finite_in_bf16_and_gradients_reach_the_experts(name, request, batches_for):
+    model = request.getfixturevalue(name)
+    moefy_(model, MoEfyConfig(num_experts=4, top_k=2, router="mlp", router_steps=5), batches=batches_for(model, 2))
+    batch = batches_for(model, 1)[0]
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.isfinite(half(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()).all()
+    model.train()
+    labels = batch["labels"] if name == "llama_lm" else torch.zeros_like(batch["input_ids"])
+    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss.backward()
+    layer = expert_layers(model)[0][1]
+    assert layer.w_in.grad is not None and layer.w_in.grad.abs().sum() > 0
