@@ -1,6 +1,6 @@
 """MoEfication benchmarks: MiniLM on CoNLL-2003 dev, SmolLM2-135M perplexity on WikiText-2.
 
-    python benchmarks/bench_experts.py                       # both parts (about 25-35 min on 2 cores)
+    python benchmarks/bench_experts.py                       # both parts (about 10-20 min on 2 cores)
     python benchmarks/bench_experts.py --only minilm --experts 16
     python benchmarks/bench_experts.py --smoke               # tiny random models, a few examples, < 60 s
 
