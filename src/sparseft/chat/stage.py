@@ -54,8 +54,9 @@ class ChatSFTConfig(BaseConfig):
         train: TrainConfig fields (epochs, max_steps, batch_size, grad_accum, lr, eval_every, ...).
         packing: pack several examples per sequence (never across the label/attention boundary).
         gradient_checkpointing: recompute activations in backward (less memory, ~30% slower).
-        mask / density / mask_options: sparse mode's registered mask method, its density and any
-            other fields of its config (e.g. {"allocation": "per_tensor"}).
+        mask: sparse mode's registered mask method; its default is masks.config.DEFAULT_MASK.
+        density: sparse mode's share of the targeted Linear weights that train.
+        mask_options: other fields of the mask method's config (e.g. {"allocation": "per_tensor"}).
         lora_dim / lora_alpha / lora_module_name / lora_dropout: LoRA rank, alpha (None = rank,
             i.e. scaling 1 as DeepSpeed-Chat), the substring that picks Linear layers, dropout.
         lora_dim_for_density: instead of `lora_dim`, use the rank whose LoRA trainable count is

@@ -36,6 +36,8 @@ METHODS = ("svd", "asvd", "whiten_svd", "fisher_svd")
 def add_parser(sub) -> None:
     from sparseft.compress.factorize.stage import FactorizeFinetuneConfig, FactorizeStageConfig
 
+    from sparseft.train.defaults import DEFAULT_LR
+
     p = sub.add_parser("factorize", help="low-rank factorization (svd, asvd, whiten_svd, fisher_svd)",
                        description="Factorize MODEL's Linear layers into two smaller matmuls; with --epochs > 0 "
                                    "fine-tune the factors afterwards (KD on).",
@@ -57,7 +59,7 @@ def add_parser(sub) -> None:
     t.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=int, default=0,
                    help="fine-tuning epochs after factorizing (0: none)")
     add_config_flags(t, FactorizeFinetuneConfig, ["lr", "batch_size", "teacher"], defaults={"lr": None},
-                     help_extra={"lr": "Default: full fine-tuning's (sparseft/train/defaults.py)."})
+                     help_extra={"lr": f"Default: full fine-tuning's, {DEFAULT_LR['train']:g}."})
     t.add_argument("--sparse-density", type=float,
                    help="train only this fraction of the factor entries (sparse fine-tuning engine)")
     t.add_argument("--no-distill", action="store_true", help="fine-tune without knowledge distillation")

@@ -28,6 +28,8 @@ from sparseft.cli.flags import add_config_flags
 def add_parser(sub) -> None:
     from sparseft.compress.prune.stage import PruneFinetuneConfig, PruneStageConfig
 
+    from sparseft.train.defaults import DEFAULT_LR
+
     p = sub.add_parser("prune", help="prune a model (magnitude, wanda, sparsegpt, N:M, structured ...)",
                        description="Prune MODEL one-shot; with --epochs > 0 fine-tune afterwards (KD on).",
                        formatter_class=HelpFormatter)
@@ -47,7 +49,7 @@ def add_parser(sub) -> None:
     g.add_argument("--schedule", choices=["oneshot", "cubic"], default="oneshot",
                    help="oneshot: prune then fine-tune with fixed masks; cubic: prune gradually while fine-tuning")
     add_config_flags(g, PruneFinetuneConfig, ["lr", "batch_size", "teacher"], defaults={"lr": None},
-                     help_extra={"lr": "Default: full fine-tuning's (sparseft/train/defaults.py)."})
+                     help_extra={"lr": f"Default: full fine-tuning's, {DEFAULT_LR['train']:g}."})
     g.add_argument("--no-distill", action="store_true", help="fine-tune without knowledge distillation")
     p.add_argument("--seed", type=int, default=42, help="random seed")
     p.add_argument("--no-cost", action="store_true", help="skip size/latency/throughput measurement")
