@@ -180,3 +180,11 @@ def test_train_recipe_records_the_methods_lr(tmp_path):
     chat = chat_recipe(VERBS["chat-sft"].parse_args(["--train", "t.jsonl", "--mode", "sparse"]))
     sft = next(s for s in chat["stages"] if s["method"] == "chat_sft")
     assert sft["train"]["lr"] == DEFAULT_LR["chat_sparse"] and sft["mask"] == "fisher"
+
+
+def test_help_states_a_zero_default_but_not_an_empty_one():
+    train = VERBS["train"]
+    fmt = train._get_formatter()
+    assert fmt._expand_help(_option(train, "--save-every")).endswith("(default: 0)")
+    assert "(default" not in fmt._expand_help(_option(train, "--max-steps"))     # None
+    assert "(default" not in fmt._expand_help(_option(train, "--no-cost"))       # store_true

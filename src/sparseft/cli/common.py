@@ -15,7 +15,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or "(default" in text or action.default in (None, False, "", argparse.SUPPRESS):
+        empty = action.default is None or action.default is False or action.default == "" \
+            or action.default is argparse.SUPPRESS  # not `in (...)`: 0 == False, and 0 is worth stating
+        if "%(default)" in text or "(default" in text or empty:
             return text
         return super()._get_help_string(action)
 
