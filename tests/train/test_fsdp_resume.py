@@ -58,8 +58,8 @@ def cfg(out, **kw):
                        eval_every="never", distributed="fsdp", mixed_precision="no", progress=False,
                        group_by_length=False, seed=3, **kw)
 
-def run(kind, out, loss_fn=None):
-    model = fresh()
+def run(kind, out, loss_fn=None, model=None):
+    model = model or fresh()
     if kind == "full":
         result = train(model, data, cfg(out), collate_fn=collate, **({"loss_fn": loss_fn} if loss_fn else {}))
         return result, {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -71,11 +71,15 @@ def run(kind, out, loss_fn=None):
 report = {}
 for kind in ("full", "sparse"):
     whole, w_whole = run(kind, root / kind / "whole")
+    stopped = fresh()
     try:
-        run(kind, root / kind / "cut", stopping_at(3))
+        run(kind, root / kind / "cut", stopping_at(3), model=stopped)
         raise SystemExit("the stopping run did not stop")
     except Stop:
         pass
+    # the FSDP replica aliases the caller's storage until fully_shard copies its rows: the caller's
+    # weights must still be the initial ones after 2 sharded steps
+    untouched = all(torch.equal(p, q) for p, q in zip(stopped.state_dict().values(), fresh().state_dict().values()))
     ckpt = root / kind / "cut" / "checkpoints" / "last"
     saved = load_file(str(ckpt / "trainable.safetensors"))
     if kind == "full":  # every weight at its full shape
@@ -95,7 +99,7 @@ for kind in ("full", "sparse"):
                     "moved": any(not torch.equal(w_whole[n], p) for n, p in fresh().named_parameters() if n in w_whole)
                              if kind == "full" else bool(any(v.abs().sum() > 0 for k, v in w_whole.items() if k.endswith("::values"))),
                     "losses": [[r["loss"] for r in whole.history], [r["loss"] for r in resumed.history]],
-                    "checkpoint_full": shapes_ok and full_moments}
+                    "checkpoint_full": shapes_ok and full_moments, "caller_untouched": untouched}
 if rank == 0:
     (root / "report.json").write_text(json.dumps(report))
 dist.barrier()
@@ -120,3 +124,4 @@ def test_fsdp_resume_is_bit_exact(tmp_path):
         whole, resumed = r["losses"]
         assert len(whole) == 4 and resumed == whole[2:], (whole, resumed)  # the resumed run logs steps 3-4
         assert r["checkpoint_full"], "the checkpoint must hold full tensors, not shards"
+        assert r["caller_untouched"], "sharded training wrote into the caller's weights"

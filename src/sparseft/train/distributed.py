@@ -18,7 +18,8 @@ and the model is DDP-wrapped, so the plugin path cannot run (or be tested) on CP
 itself runs on CPU with gloo, so the loop applies it directly on every device type: one code path.
 
 The replica rule (both engines): the caller's model is never sharded in place. `make_replica`
-deep-copies it, shards the copy (FSDP) or hands the copy to DeepSpeed, and at the end
+copies it (FSDP: new parameters over the same storage, which `fully_shard` then replaces by its
+own shards; DeepSpeed: a deep copy), shards the copy (FSDP) or hands the copy to DeepSpeed, and at the end
 `copy_back_` gathers the full state on every rank (`gather_full_state`: DTensor all-gather for
 FSDP; DeepSpeed's fp32 master via `safe_get_full_fp32_param` and `GatheredParameters` for ZeRO-3)
 and copies it into the caller's model, checking every name and shape. So the caller's model,
@@ -153,7 +154,10 @@ def make_replica(model: nn.Module, groups: list[dict], *, engine: str, device: t
     missing = [i for g in groups for i, p in enumerate(g["params"]) if id(p) not in names]
     if missing:
         raise ValueError("optimizer param groups hold tensors that are not parameters of the model")
-    replica = copy.deepcopy(model)
+    # fsdp: parameters alias the caller's storage (fully_shard copies each rank's chunk and
+    # rebinds, leaving the caller's tensors untouched): no second full host copy. DeepSpeed may
+    # write parameters in place (ZeRO-1/2), so it gets a real copy.
+    replica = aliased_copy(model) if engine == "fsdp" else copy.deepcopy(model)
     if engine == "fsdp":
         shard_fsdp_(replica, device=device, precision=precision, offload=offload)
     elif engine == "deepspeed":
