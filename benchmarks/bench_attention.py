@@ -8,7 +8,9 @@
 Parts (every row runs in its own process, so its peak memory is its own):
 
   kernel    one attention call, forward (no grad) and forward+backward, median time and peak RSS
-            growth, for dense SDPA and the blocked kernel with windows sqrt(L), 128, 256, at
+            growth (+ what autograd saves), for dense SDPA and the blocked kernel with windows sqrt(L),
+            128, 256, and sqrt with recompute=True (fwd+bwd: checkpointed chunks) (--flex:
+            also compiled FlexAttention with the sqrt window, forward only), at
             L = --lengths, with SmolLM2 heads (9 query / 3 KV heads, dim 64, causal) and MiniLM
             heads (12 heads, dim 32, bidirectional); batch 1.
   lm        SmolLM2-135M perplexity on WikiText-2 validation (--lm-eval-windows windows of each
@@ -73,7 +75,7 @@ def kernel_row(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from sparseft.attention.config import SparseAttentionConfig
-    from sparseft.attention.kernel import blocked_attention
+    from sparseft.attention.kernel import blocked_attention, recomputed_blocked_attention
 
     shape, length, row, mode = spec["shape"], spec["length"], spec["row"], spec["mode"]
     s = SHAPES[shape]
@@ -82,17 +84,28 @@ def kernel_row(spec: dict) -> dict:
     k = torch.randn(1, s["kv_heads"], length, s["dim"], generator=gen)
     v = torch.randn(1, s["kv_heads"], length, s["dim"], generator=gen)
     scale = s["dim"] ** -0.5
-    if row == "dense_sdpa":
+    if row == "flex_sqrt":   # compiled FlexAttention (CPU: inference only, so fwd rows only)
+        from sparseft.attention.flex import flex_sparse_attention
+
+        cfg = SparseAttentionConfig(window="sqrt", min_window=1)
+        window = cfg.window_for(length)
+
+        def attn(q, k, v):
+            return flex_sparse_attention(q, k, v, cfg, causal=s["causal"], scaling=scale)
+    elif row == "dense_sdpa":
         def attn(q, k, v):
             return F.scaled_dot_product_attention(q, k, v, is_causal=s["causal"], scale=scale,
                                                   enable_gqa=s["heads"] != s["kv_heads"])
         window = length
-    else:
-        cfg = SparseAttentionConfig(window="sqrt" if row == "window_sqrt" else int(row.split("_")[1]), min_window=1)
+    else:   # window_<sqrt|int>[_recompute]
+        size = row.split("_")[1]
+        cfg = SparseAttentionConfig(window=size if size == "sqrt" else int(size), min_window=1,
+                                    recompute=row.endswith("_recompute"))
         window = cfg.window_for(length)
+        kernel = recomputed_blocked_attention if cfg.recompute else blocked_attention
 
         def attn(q, k, v):
-            return blocked_attention(q, k, v, cfg, causal=s["causal"], scaling=scale)
+            return kernel(q, k, v, cfg, causal=s["causal"], scaling=scale)
 
     if mode == "fwd":
         def step():
@@ -105,16 +118,38 @@ def kernel_row(spec: dict) -> dict:
             attn(qg, kg, vg).sum().backward()
     base = rss_mb()
     seconds = _median_s(step, spec["repeats"])
-    return {"shape": shape, "length": length, "row": row, "mode": mode, "window": window, "seconds": seconds,
-            "peak_mb_over_inputs": peak_rss_mb() - base}
+    out = {"shape": shape, "length": length, "row": row, "mode": mode, "window": window, "seconds": seconds,
+           "peak_mb_over_inputs": peak_rss_mb() - base}
+    if mode == "fwd_bwd":   # what autograd keeps for the backward (deterministic, unlike RSS)
+        out["saved_for_backward_mb"] = saved_mb(lambda: attn(qg, kg, vg))
+    return out
+
+
+def saved_mb(forward) -> float:
+    """MiB of distinct tensor storage autograd saves for the backward of `forward()`."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    del out
+    return sum(seen.values()) / 2**20
 
 
 def kernel_rows(args) -> list[dict]:
-    rows = ["dense_sdpa", "window_sqrt", "window_128", "window_256"]
+    rows = ["dense_sdpa", "window_sqrt", "window_128", "window_256", "window_sqrt_recompute"]
+    rows += ["flex_sqrt"] if args.flex else []
     specs = [{"part": "kernel", "shape": sh, "length": n, "row": r, "mode": m, "repeats": args.repeats,
               "smoke": args.smoke}
              for sh in args.shapes for n in args.lengths for m in ("fwd", "fwd_bwd") for r in rows
-             if not (r.startswith("window_") and r != "window_sqrt" and int(r.split("_")[1]) >= n)]
+             if not (r.split("_")[1].isdigit() and int(r.split("_")[1]) >= n)
+             and not (r == "flex_sqrt" and m == "fwd_bwd") and not (r.endswith("_recompute") and m == "fwd")]
     out = [run_child(spec) for spec in specs]
     dense = {(r["shape"], r["length"], r["mode"]): r for r in out if r.get("row") == "dense_sdpa" and "seconds" in r}
     for r in out:
@@ -122,6 +157,8 @@ def kernel_rows(args) -> list[dict]:
         if d and "seconds" in r and r["row"] != "dense_sdpa":
             r["speedup_vs_sdpa"] = d["seconds"] / r["seconds"]
             r["memory_vs_sdpa"] = d["peak_mb_over_inputs"] / max(r["peak_mb_over_inputs"], 1e-3)
+            if "saved_for_backward_mb" in r:
+                r["saved_vs_sdpa"] = d["saved_for_backward_mb"] / max(r["saved_for_backward_mb"], 1e-6)
     return out
 
 
@@ -247,7 +284,8 @@ def lm_train_row(spec: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         seconds += time.perf_counter() - t0
         losses.append(loss.item())
-    return {"kind": "lm_train", "row": spec["row"], "data": source, "train_len": n, "steps": spec["steps"], "final_loss": losses[-1],
+    return {"kind": "lm_train", "row": spec["row"], "data": source, "train_len": n, "steps": spec["steps"],
+            "final_loss": losses[-1],
             "mean_last3_loss": statistics.mean(losses[-3:]), "losses": losses, "tokens_s": spec["steps"] * n / seconds,
             "peak_mb": peak_rss_mb()}
 
@@ -322,6 +360,8 @@ def main() -> int:
                    help="kernel part sequence lengths")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES), help="kernel head shapes")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per kernel row (median)")
+    p.add_argument("--flex", action="store_true", help="kernel part: also compiled FlexAttention, sqrt window, "
+                                                       "forward only (compiles a C++ kernel per shape: minutes)")
     p.add_argument("--lm-model", default="smollm2", help="decoder for the lm and finetune parts")
     p.add_argument("--contexts", nargs="+", type=int, default=[2048, 4096, 8192], help="lm part context lengths")
     p.add_argument("--lm-windows", nargs="+", type=int, default=[256, 512, 1024], help="lm part windows (+4 sinks)")

@@ -157,3 +157,33 @@ def test_config_validates_and_round_trips():
                        ({"stride_mode": "x"}, "stride_mode"), ({"dilation": 0}, "dilation"), ({"sinks": -1}, "sinks")]:
         with pytest.raises(ValueError, match=field):
             SparseAttentionConfig(**bad)
+
+
+def _saved_bytes(fn):
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_recompute_gives_the_same_result_and_keeps_only_the_inputs(causal):
+    from sparseft.attention.kernel import recomputed_blocked_attention
+
+    cfg = SparseAttentionConfig(window=8, sinks=2, random_blocks=1, global_positions=[70])
+    q, k, v = _inputs(q_len=300, kv_len=300)
+    keep = _padding(300)
+    plain, plain_bytes = _saved_bytes(lambda: blocked_attention(q, k, v, cfg, causal=causal, scaling=0.3,
+                                                                key_padding=keep))
+    again, again_bytes = _saved_bytes(lambda: recomputed_blocked_attention(
+        q, k, v, cfg.replace(recompute=True), causal=causal, scaling=0.3, key_padding=keep, chunk_rows=64))
+    grad = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(plain, (q, k, v), grad), torch.autograd.grad(again, (q, k, v), grad)):
+        assert (a - b).abs().max() <= TOL
+    assert (plain - again).abs().max() <= TOL
+    assert again_bytes < plain_bytes / 3

@@ -108,10 +108,13 @@ def test_decoder_never_looks_ahead():
     assert not torch.allclose(a[:, 25:], b[:, 25:])
 
 
-def test_training_step_runs_with_dropout_and_gradients_reach_every_weight():
+@pytest.mark.parametrize("recompute", [False, True])
+def test_training_step_runs_with_dropout_and_gradients_reach_every_weight(recompute):
     model = _bert()
-    model.config.attention_probs_dropout_prob = 0.1
-    sparsify_attention_(model, SparseAttentionConfig(window="sqrt", global_tokens=1))
+    for module in model.modules():       # attention-probability dropout on (the fixture builds it at 0)
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.1
+    sparsify_attention_(model, SparseAttentionConfig(window=8, global_tokens=1, recompute=recompute))
     model.train()
     ids, mask = _batch()
     out = model(input_ids=ids, attention_mask=mask, labels=torch.zeros_like(ids))

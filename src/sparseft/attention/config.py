@@ -46,6 +46,8 @@ class SparseAttentionConfig(BaseConfig):
         random_block_size: block size of the random pattern.
         seed: seed of the random blocks.
         block_size: query block size of the blocked kernel (0 = auto from the window).
+        recompute: training memory: keep only q, k, v for the backward and recompute the scores
+            chunk by chunk (torch.utils.checkpoint over ~1k-query chunks; about one extra forward).
         backend: "auto" | "blocked" | "flex" | "dense_mask" (reference: builds the L x L mask).
     """
 
@@ -63,17 +65,20 @@ class SparseAttentionConfig(BaseConfig):
     random_block_size: int = 16
     seed: int = 0
     block_size: int = 0
+    recompute: bool = False
     backend: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.window, str):
             if self.window != "sqrt":
-                raise ValueError(f"SparseAttentionConfig.window: expected an integer >= 1 or 'sqrt', got {self.window!r}")
+                raise ValueError(f"SparseAttentionConfig.window: expected an integer >= 1 or 'sqrt', "
+                                 f"got {self.window!r}")
         elif self.window < 1:
             raise ValueError(f"SparseAttentionConfig.window: must be >= 1, got {self.window}")
         if isinstance(self.stride, str):
             if self.stride != "sqrt":
-                raise ValueError(f"SparseAttentionConfig.stride: expected an integer >= 0 or 'sqrt', got {self.stride!r}")
+                raise ValueError(f"SparseAttentionConfig.stride: expected an integer >= 0 or 'sqrt', "
+                                 f"got {self.stride!r}")
         elif self.stride < 0:
             raise ValueError(f"SparseAttentionConfig.stride: must be >= 0, got {self.stride}")
         for name in ("min_window", "dilation", "random_block_size", "fixed_width"):
@@ -87,7 +92,8 @@ class SparseAttentionConfig(BaseConfig):
         if any(p < 0 for p in self.global_positions):
             raise ValueError(f"SparseAttentionConfig.global_positions: must be >= 0, got {self.global_positions}")
         if self.stride_mode not in STRIDE_MODES:
-            raise ValueError(f"SparseAttentionConfig.stride_mode: {self.stride_mode!r}; valid: {', '.join(STRIDE_MODES)}")
+            raise ValueError(f"SparseAttentionConfig.stride_mode: {self.stride_mode!r}; "
+                             f"valid: {', '.join(STRIDE_MODES)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"SparseAttentionConfig.backend: {self.backend!r}; valid: {', '.join(BACKENDS)}")
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sparseft.attention.config import SparseAttentionConfig
-from sparseft.attention.kernel import _softmax_rows, blocked_attention
+from sparseft.attention.kernel import _softmax_rows, blocked_attention, recomputed_blocked_attention
 from sparseft.attention.pattern import in_local, pattern_mask
 
 ATTN_NAME = "sparseft_sparse"   # the attn_implementation name; config.json keeps the pattern in CONFIG_KEY
@@ -32,7 +32,8 @@ def config_of(module) -> SparseAttentionConfig:
     """The pattern stored on a module's model config (error naming the field when it is missing)."""
     data = getattr(getattr(module, "config", None), CONFIG_KEY, None)
     if not data:
-        raise ValueError(f"attn_implementation={ATTN_NAME!r} needs config.{CONFIG_KEY} (use sparseft.sparsify_attention_)")
+        raise ValueError(f"attn_implementation={ATTN_NAME!r} needs config.{CONFIG_KEY} "
+                         f"(use sparseft.sparsify_attention_)")
     return data if isinstance(data, SparseAttentionConfig) else SparseAttentionConfig.from_dict(data)
 
 
@@ -118,8 +119,9 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
 
         return flex_sparse_attention(query, key, value, cfg, causal=causal, scaling=scaling,
                                      key_padding=attention_mask), None
-    return blocked_attention(query, key, value, cfg, causal=causal, scaling=scaling, key_padding=attention_mask,
-                             dropout=dropout, q_offset=q_offset), None
+    kernel = recomputed_blocked_attention if cfg.recompute and torch.is_grad_enabled() else blocked_attention
+    return kernel(query, key, value, cfg, causal=causal, scaling=scaling, key_padding=attention_mask,
+                  dropout=dropout, q_offset=q_offset), None
 
 
 def rolled_attention(query, key, value, cfg: SparseAttentionConfig, positions: torch.Tensor, *, scaling: float,

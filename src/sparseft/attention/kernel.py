@@ -38,6 +38,17 @@ def auto_block(cfg: SparseAttentionConfig, window: int) -> int:
     return max(16, min(128, window))
 
 
+def _span(t: torch.Tensor, start: int, length: int, dim: int) -> torch.Tensor:
+    """t[start : start + length] along `dim`, zero-padded where the range leaves [0, size)."""
+    size = t.shape[dim]
+    lo, hi = max(start, 0), min(start + length, size)
+    if hi <= lo:
+        return t.new_zeros(*t.shape[:dim], length, *t.shape[dim + 1:])
+    pad = [0, 0] * (t.dim() - 1 - dim) + [lo - start, start + length - hi]
+    part = t.narrow(dim, lo, hi - lo)
+    return F.pad(part, pad) if any(pad) else part
+
+
 def _softmax_rows(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis of `scores` where `keep`; rows with no kept entry give zeros."""
     scores = scores.masked_fill(~keep, float("-inf"))
@@ -86,13 +97,10 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         return scores.view(bsz, kv_heads, n_blocks, groups, block, scores.shape[-1])
 
     # 1. local: span of block n starts at key off + n*block - reach; padded keys make it a view.
-    need = off + (n_blocks - 1) * block + span
-    pad_r = max(0, need - (kv_len + reach))
-    kp = F.pad(key, (0, 0, reach, pad_r))[:, :, off:need]
-    vp = F.pad(value, (0, 0, reach, pad_r))[:, :, off:need]
-    k_loc = kp.unfold(2, span, block).transpose(-1, -2)                       # [B, Hk, nb, span, D]
-    v_loc = vp.unfold(2, span, block).transpose(-1, -2)
-    valid_loc = F.pad(valid.to(torch.uint8), (reach, pad_r))[:, off:need].bool().unfold(1, span, block)   # [B|1, nb, span]
+    first, n_span = off - reach, (n_blocks - 1) * block + span                # keys [first, first + n_span)
+    k_loc = _span(key, first, n_span, 2).unfold(2, span, block).transpose(-1, -2)   # [B, Hk, nb, span, D]
+    v_loc = _span(value, first, n_span, 2).unfold(2, span, block).transpose(-1, -2)
+    valid_loc = _span(valid.to(torch.uint8), first, n_span, 1).bool().unfold(1, span, block)   # [B|1, nb, span]
     r_idx = torch.arange(block, device=dev).view(-1, 1)
     t_idx = torch.arange(span, device=dev).view(1, -1)
     band = in_local(r_idx + reach - t_idx, window, cfg.dilation, causal)      # [block, span]
@@ -174,7 +182,8 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
             part = torch.einsum("bhngqt,bhnqtd->bhngqd", p, v)
         else:
             flat = p.reshape(bsz, kv_heads, n_blocks, groups * block, -1)
-            part = (flat @ (v.unsqueeze(2) if kind == "shared" else v)).view(bsz, kv_heads, n_blocks, groups, block, dim)
+            part = flat @ (v.unsqueeze(2) if kind == "shared" else v)          # [B, Hk, nb, G*block, D]
+            part = part.view(bsz, kv_heads, n_blocks, groups, block, dim)
         out = part if out is None else out + part
     if not bool(has.all()):
         out = out.masked_fill(~has.unsqueeze(1).unsqueeze(3), 0.0)
@@ -202,3 +211,24 @@ def _dense_rows(query, key, value, rows, off, causal, scaling, valid, dropout) -
     if dropout:
         probs = F.dropout(probs, p=dropout, training=True)
     return (probs @ value).view(bsz, heads, len(rows), dim)
+
+
+def recomputed_blocked_attention(query, key, value, cfg: SparseAttentionConfig, *, causal: bool, scaling: float,
+                                 key_padding=None, dropout: float = 0.0, q_offset: int | None = None,
+                                 chunk_rows: int = 1024) -> torch.Tensor:
+    """`blocked_attention` over query chunks under activation checkpointing: autograd keeps the
+    inputs only and recomputes one chunk's scores at a time in the backward (same result; the
+    dropout masks are replayed from the saved RNG state)."""
+    from torch.utils.checkpoint import checkpoint
+
+    q_len, kv_len = query.shape[2], key.shape[2]
+    off = kv_len - q_len if q_offset is None else q_offset
+    window = min(cfg.window_for(kv_len), (kv_len - 1) // cfg.dilation + 1)
+    block = auto_block(cfg, window)
+    rows = block * max(1, chunk_rows // block)
+    outs = []
+    for start in range(0, q_len, rows):
+        part = query[:, :, start:start + rows]
+        outs.append(checkpoint(blocked_attention, part, key, value, cfg, causal=causal, scaling=scaling,
+                               key_padding=key_padding, dropout=dropout, q_offset=off + start, use_reentrant=False))
+    return torch.cat(outs, 1)
