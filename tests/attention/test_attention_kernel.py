@@ -52,7 +52,7 @@ def _compare(cfg, causal, *, q_len=37, kv_len=37, kv_heads=2, pad=False):
     out = blocked_attention(q, k, v, cfg, causal=causal, scaling=8 ** -0.5, key_padding=keep)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), grad)
-    allowed = pattern_mask(cfg, q_len, kv_len, causal)
+    allowed = pattern_mask(cfg, q_len, kv_len, causal, key_padding=keep)
     ref = dense_reference(q, k, v, allowed, scaling=8 ** -0.5, key_padding=keep)
     want = torch.autograd.grad(ref, (q, k, v), grad)
     assert out.shape == ref.shape == (2, q_len, 4, 8)
@@ -71,7 +71,7 @@ def test_pattern_matches_dense_masked_reference(name, causal):
         assert not allowed.triu(1).any()   # never looks ahead
 
 
-@pytest.mark.parametrize("name", ["window", "random", "mixed"])
+@pytest.mark.parametrize("name", ["window", "sqrt", "random", "mixed"])
 @pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
 def test_padding_and_gqa_and_mha(name, causal):
     _compare(SparseAttentionConfig(**PATTERNS[name]), causal, pad=True, kv_heads=2)
@@ -187,3 +187,25 @@ def test_recompute_gives_the_same_result_and_keeps_only_the_inputs(causal):
         assert (a - b).abs().max() <= TOL
     assert (plain - again).abs().max() <= TOL
     assert again_bytes < plain_bytes / 3
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_adaptive_window_follows_each_sequence_not_the_batch_padding(causal):
+    cfg = SparseAttentionConfig(window="sqrt", min_window=2, sinks=1)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 30, 8, generator=gen) for _ in range(3))
+    alone = blocked_attention(q, k, v, cfg, causal=causal, scaling=0.35)            # window ceil(sqrt(30)) = 6
+    pad = 70
+    qp, kp, vp = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (q, k, v))    # right-padded to 100 keys
+    other = torch.randn(1, 2, 100, 8, generator=gen)
+    keep = torch.ones(2, 100, dtype=torch.bool)
+    keep[0, 30:] = False
+    batch = blocked_attention(torch.cat([qp, other]), torch.cat([kp, other]), torch.cat([vp, other]), cfg,
+                              causal=causal, scaling=0.35, key_padding=keep)
+    assert (batch[0, :30] - alone[0]).abs().max() <= TOL
+    allowed = pattern_mask(cfg, 100, 100, causal, key_padding=keep)
+    assert allowed.shape == (2, 100, 100) and not torch.equal(allowed[0], allowed[1])   # windows 6 and 10
+    ref = dense_reference(torch.cat([qp, other]), torch.cat([kp, other]), torch.cat([vp, other]), allowed,
+                          scaling=0.35, key_padding=keep)
+    assert (batch[0, :30] - ref[0, :30]).abs().max() <= TOL
+    assert (batch[1] - ref[1]).abs().max() <= TOL

@@ -5,7 +5,9 @@ A pattern is the union of composable parts, each defined on absolute token posit
 
     local     |i - j| = m * dilation with 0 <= m < w   (bidirectional)   /   0 <= i - j < w * dilation, same
               spacing (causal); w = `window`, or with window="sqrt" w = max(min_window, ceil(window_scale*sqrt(L)))
-              computed per forward from the actual key length L. w >= L (dilation 1) is dense attention.
+              computed per forward from each sequence's actual length L (its non-padding tokens, so a
+              sequence gets the same window in any batch). w >= L (dilation 1) is dense attention.
+              (stride="sqrt" and the random blocks' key-block count use the padded length.)
     strided   (i - j) % stride == 0              (Sparse Transformer "strided"; stride_mode="strided")
     fixed     j % stride >= stride - fixed_width (Sparse Transformer "fixed" summary columns)
     globals   rows and columns of the first `global_tokens` positions and of `global_positions`:
@@ -113,7 +115,3 @@ class SparseAttentionConfig(BaseConfig):
     def global_list(self, length: int) -> list[int]:
         """Sorted global positions below `length`."""
         return sorted({*range(min(self.global_tokens, length)), *(p for p in self.global_positions if p < length)})
-
-    def is_dense_for(self, length: int) -> bool:
-        """True when the pattern is full attention at this length (the local window covers it all)."""
-        return self.dilation == 1 and self.window_for(length) >= length

@@ -17,7 +17,7 @@ import functools
 import torch
 
 from sparseft.attention.config import SparseAttentionConfig
-from sparseft.attention.pattern import random_key_blocks, shared_keys
+from sparseft.attention.pattern import random_key_blocks, row_windows, shared_keys
 
 
 @functools.cache
@@ -31,8 +31,9 @@ def pattern_mask_mod(cfg: SparseAttentionConfig, q_len: int, kv_len: int, causal
                      device=None):
     """The pattern as a FlexAttention mask_mod(b, h, q_idx, kv_idx) -> bool."""
     off = kv_len - q_len
-    window, dilation = cfg.window_for(kv_len), cfg.dilation
-    reach = (window - 1) * dilation
+    dilation = cfg.dilation
+    reach = (row_windows(cfg, kv_len, key_padding, device) - 1) * dilation    # [B|1]: adaptive windows per row
+    per_row = reach.shape[0] > 1
     stride = cfg.stride_for(kv_len)
     strided = bool(stride) and cfg.stride_mode == "strided"
     is_shared = torch.zeros(kv_len, dtype=torch.bool, device=device)
@@ -56,7 +57,7 @@ def pattern_mask_mod(cfg: SparseAttentionConfig, q_len: int, kv_len: int, causal
         pos = q_idx + off
         delta = pos - kv_idx
         dist = delta if causal else delta.abs()
-        ok = (dist >= 0) & (dist <= reach) & (dist % dilation == 0)
+        ok = (dist >= 0) & (dist <= reach[b if per_row else 0]) & (dist % dilation == 0)
         if strided:
             ok = ok | (delta % stride == 0)
         ok = ok | is_shared[kv_idx] | is_global[pos]

@@ -9,7 +9,7 @@ padded), as transformers' flash-attention mask does; it never builds an [L, L] m
 function receives that 2-D mask, reads the pattern from `module.config.sparseft_attention` (a
 plain dict, saved in config.json) and causality from `module.is_causal`, and dispatches:
 
-    pattern dense at this length (window >= L, dilation 1)  -> torch SDPA (exact full attention)
+    pattern dense at this length (window >= every row's length) -> torch SDPA (exact full attention)
     backend "dense_mask"                                     -> the [L, L] boolean reference
     backend "flex" (or "auto" at inference where FlexAttention runs) -> flex.py
     otherwise ("blocked", "auto")                            -> kernel.blocked_attention
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sparseft.attention.config import SparseAttentionConfig
 from sparseft.attention.kernel import _softmax_rows, blocked_attention, recomputed_blocked_attention
-from sparseft.attention.pattern import in_local, pattern_mask
+from sparseft.attention.pattern import dense_at, in_local, pattern_mask
 
 ATTN_NAME = "sparseft_sparse"   # the attn_implementation name; config.json keeps the pattern in CONFIG_KEY
 CONFIG_KEY = "sparseft_attention"
@@ -61,10 +61,11 @@ def _rolled_sinks(config) -> int:
 
 def dense_reference(query, key, value, allowed: torch.Tensor, *, scaling: float, key_padding=None,
                     dropout: float = 0.0) -> torch.Tensor:
-    """Attention under a boolean [Lq, Lk] pattern (O(L^2)); [B, Lq, H, D]. Rows with no key give 0."""
+    """Attention under a boolean [B|1, Lq, Lk] (or [Lq, Lk]) pattern (O(L^2)); [B, Lq, H, D].
+    Rows with no key give 0."""
     groups = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-    keep = allowed.view(1, 1, *allowed.shape)
+    keep = allowed.view(-1, 1, *allowed.shape[-2:])
     if key_padding is not None:
         keep = keep & key_padding.bool().view(key_padding.shape[0], 1, 1, -1)
     probs = _softmax_rows((query * scaling) @ key.transpose(-1, -2), keep)
@@ -107,11 +108,12 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
                          f"row, e.g. chat-sft --packing): train without packing")
     if causal and positions is not None and kv_len < int(positions.max()) + 1:   # a rolled windowed cache
         return rolled_attention(query, key, value, cfg, positions, scaling=scaling, key_padding=attention_mask), None
-    if cfg.is_dense_for(kv_len):
+    if dense_at(cfg, kv_len, attention_mask):
         return _dense_sdpa(query, key, value, causal=causal, scaling=scaling, key_padding=attention_mask,
                            dropout=dropout), None
     if cfg.backend == "dense_mask":
-        allowed = pattern_mask(cfg, query.shape[2], kv_len, causal, q_offset=q_offset, device=query.device)
+        allowed = pattern_mask(cfg, query.shape[2], kv_len, causal, q_offset=q_offset, key_padding=attention_mask,
+                               device=query.device)
         return dense_reference(query, key, value, allowed, scaling=scaling, key_padding=attention_mask,
                                dropout=dropout), None
     if cfg.backend == "flex" or (cfg.backend == "auto" and _flex_ok(query, module)):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sparseft.attention.config import SparseAttentionConfig
-from sparseft.attention.pattern import in_local, random_key_blocks, shared_keys
+from sparseft.attention.pattern import in_local, random_key_blocks, row_windows, shared_keys
 
 
 def auto_block(cfg: SparseAttentionConfig, window: int) -> int:
@@ -78,14 +78,16 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     groups = heads // kv_heads
     off = kv_len - q_len if q_offset is None else q_offset
     dev = query.device
-    window = min(cfg.window_for(kv_len), (kv_len - 1) // cfg.dilation + 1)
+    valid = torch.ones(1, kv_len, dtype=torch.bool, device=dev) if key_padding is None else key_padding.bool()
+    win = row_windows(cfg, kv_len, key_padding, dev).view(-1, 1, 1, 1)       # [B|1, 1, 1, 1]: window per row
+    window = int(win.max())
     reach = (window - 1) * cfg.dilation
     block = auto_block(cfg, window)
     n_blocks = -(-q_len // block)
     q_pad = n_blocks * block
     span = block + reach + (0 if causal else reach)
-
-    valid = torch.ones(1, kv_len, dtype=torch.bool, device=dev) if key_padding is None else key_padding.bool()
+    if win.shape[0] > valid.shape[0]:
+        valid = valid.expand(win.shape[0], kv_len)
     qpos = off + torch.arange(q_pad, device=dev).view(n_blocks, block)        # absolute query positions
 
     # Queries: scaled, padded to whole blocks, GQA heads stacked per block: [B, Hk, nb, G*block, D].
@@ -103,7 +105,7 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     valid_loc = _span(valid.to(torch.uint8), first, n_span, 1).bool().unfold(1, span, block)   # [B|1, nb, span]
     r_idx = torch.arange(block, device=dev).view(-1, 1)
     t_idx = torch.arange(span, device=dev).view(1, -1)
-    band = in_local(r_idx + reach - t_idx, window, cfg.dilation, causal)      # [block, span]
+    band = in_local(r_idx + reach - t_idx, win, cfg.dilation, causal)        # [B|1, 1, block, span]
     scores = [rows(qs @ k_loc.transpose(-1, -2))]
     keeps = [band & valid_loc.unsqueeze(2)]                                   # [B|1, nb, block, span]
     values = [("block", v_loc)]
@@ -114,7 +116,7 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if len(shared):
         is_shared[shared] = True
         delta = qpos.unsqueeze(-1) - shared                                   # [nb, block, ns]
-        keep = ~in_local(delta, window, cfg.dilation, causal)
+        keep = ~in_local(delta, win, cfg.dilation, causal)                   # [B|1, nb, block, ns]
         keep = keep & (delta >= 0) if causal else keep
         scores.append(rows(qs @ key[:, :, shared].unsqueeze(2).transpose(-1, -2)))
         keeps.append(keep & valid[:, shared].view(valid.shape[0], 1, 1, -1))
@@ -135,7 +137,7 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         keys = torch.where(ok, keys, torch.zeros_like(keys))
         delta = qpos.unsqueeze(-1) - keys.unsqueeze(1)                        # [nb, block, nr]
         keep = (owner.unsqueeze(1) == (qpos // rb).unsqueeze(-1)) & ok.unsqueeze(1)
-        keep &= ~in_local(delta, window, cfg.dilation, causal) & ~is_shared[keys].unsqueeze(1)
+        keep = keep & ~in_local(delta, win, cfg.dilation, causal) & ~is_shared[keys].unsqueeze(1)
         keep = keep & (delta >= 0) if causal else keep
         scores.append(rows(qs @ key[:, :, keys].transpose(-1, -2)))           # key[:, :, keys]: [B,Hk,nb,nr,D]
         keeps.append(keep & valid[:, keys].unsqueeze(2))
@@ -150,11 +152,12 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         keys = pos - m * stride if causal else pos % stride + m * stride     # [q_pad, nt]
         ok = (keys >= 0) & (keys < kv_len)
         keys = torch.where(ok, keys, torch.zeros_like(keys))
-        keep = ok & ~in_local(pos - keys, window, cfg.dilation, causal) & ~is_shared[keys]
+        keep = ok & ~is_shared[keys]
         if cfg.random_blocks:
             drawn = random_key_blocks(cfg, pos[:, 0] // rb, n_kb, causal)    # [q_pad, r]
             keep &= ~(drawn.unsqueeze(1) == (keys // rb).unsqueeze(-1)).any(-1)
-        keep = keep.view(n_blocks, block, n_t)
+        local = in_local((pos - keys).view(1, n_blocks, block, n_t), win, cfg.dilation, causal)
+        keep = keep.view(n_blocks, block, n_t) & ~local                      # [B|1, nb, block, nt]
         k_str = key[:, :, keys].view(bsz, kv_heads, n_blocks, block, n_t, dim)
         scores.append(torch.einsum("bhngqd,bhnqtd->bhngqt", q6, k_str))
         keeps.append(keep & valid[:, keys].view(valid.shape[0], n_blocks, block, n_t))
@@ -223,8 +226,7 @@ def recomputed_blocked_attention(query, key, value, cfg: SparseAttentionConfig, 
 
     q_len, kv_len = query.shape[2], key.shape[2]
     off = kv_len - q_len if q_offset is None else q_offset
-    window = min(cfg.window_for(kv_len), (kv_len - 1) // cfg.dilation + 1)
-    block = auto_block(cfg, window)
+    block = auto_block(cfg, int(row_windows(cfg, kv_len, key_padding).max()))
     rows = block * max(1, chunk_rows // block)
     outs = []
     for start in range(0, q_len, rows):

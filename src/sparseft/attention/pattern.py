@@ -16,8 +16,34 @@ from sparseft.attention.config import SparseAttentionConfig
 _MASK32 = (1 << 32) - 1
 
 
-def in_local(delta: torch.Tensor, window: int, dilation: int, causal: bool) -> torch.Tensor:
-    """Whether key j = i - delta is in query i's local window (delta = i - j, any shape)."""
+def row_windows(cfg: SparseAttentionConfig, kv_len: int, key_padding: torch.Tensor | None = None,
+                device=None) -> torch.Tensor:
+    """The local window of each batch row: LongTensor [B] (or [1] when every row has the same one).
+
+    An adaptive window follows each sequence's own length (its non-padding keys), so a sequence
+    gets the same window whatever batch it is padded into; a fixed window is the same for all.
+    Windows are capped at what kv_len keys can hold.
+    """
+    cap = (kv_len - 1) // cfg.dilation + 1
+    if cfg.window == "sqrt" and key_padding is not None:
+        lengths = key_padding.bool().sum(-1).tolist()
+        return torch.tensor([min(cfg.window_for(n), cap) for n in lengths], dtype=torch.long, device=device)
+    return torch.tensor([min(cfg.window_for(kv_len), cap)], dtype=torch.long, device=device)
+
+
+def dense_at(cfg: SparseAttentionConfig, kv_len: int, key_padding: torch.Tensor | None = None) -> bool:
+    """True when the pattern is full attention over every row's real tokens (window covers them)."""
+    if cfg.dilation != 1:
+        return False
+    if cfg.window == "sqrt" and key_padding is not None:
+        lengths = key_padding.bool().sum(-1)
+        return bool((row_windows(cfg, kv_len, key_padding, lengths.device) >= lengths).all())
+    return cfg.window_for(kv_len) >= kv_len
+
+
+def in_local(delta: torch.Tensor, window, dilation: int, causal: bool) -> torch.Tensor:
+    """Whether key j = i - delta is in query i's local window (delta = i - j, any shape; `window` an
+    int or a tensor broadcastable against delta, e.g. one window per batch row)."""
     reach = (window - 1) * dilation
     dist = delta if causal else delta.abs()
     ok = (dist >= 0) & (dist <= reach)
@@ -61,25 +87,27 @@ def shared_keys(cfg: SparseAttentionConfig, kv_len: int, device=None) -> torch.T
 
 
 def pattern_mask(cfg: SparseAttentionConfig, q_len: int, kv_len: int, causal: bool, *, q_offset: int | None = None,
-                 device=None) -> torch.Tensor:
-    """The boolean [q_len, kv_len] mask of the whole pattern (reference; O(L^2) memory).
+                 key_padding: torch.Tensor | None = None, device=None) -> torch.Tensor:
+    """The boolean [B|1, q_len, kv_len] mask of the whole pattern (reference; O(L^2) memory).
 
     Query k sits at position q_offset + k (default kv_len - q_len: the last q_len positions).
+    `key_padding` only sets the adaptive windows (row_windows); padding itself is not applied here.
     """
     off = kv_len - q_len if q_offset is None else q_offset
     i = torch.arange(q_len, device=device).unsqueeze(1) + off
     j = torch.arange(kv_len, device=device).unsqueeze(0)
     delta = i - j
-    allowed = in_local(delta, cfg.window_for(kv_len), cfg.dilation, causal)
+    windows = row_windows(cfg, kv_len, key_padding, device).view(-1, 1, 1)
+    allowed = in_local(delta, windows, cfg.dilation, causal)                  # [B|1, q_len, kv_len]
     stride = cfg.stride_for(kv_len)
     if stride and cfg.stride_mode == "strided":
         allowed |= delta % stride == 0
     shared = shared_keys(cfg, kv_len, device)
     if len(shared):
-        allowed[:, shared] = True
+        allowed[..., shared] = True
     glob = torch.tensor(cfg.global_list(kv_len), dtype=torch.long, device=device)
     rows = glob[(glob >= off) & (glob < off + q_len)] - off
-    allowed[rows] = True
+    allowed[..., rows, :] = True
     if cfg.random_blocks:
         rb = cfg.random_block_size
         n_kb = -(-kv_len // rb)
