@@ -83,7 +83,7 @@ def select_indices_sharded(model: nn.Module, cfg: MaskConfig, *, batches: list[d
                            device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
     """({weight fqn: sorted int64 flat indices, the same on every rank}, score entries this rank
     held). A collective: every rank calls it with the same model and config; `batches` are this
-    rank's calibration batches (fisher). Needs an initialised process group."""
+    rank's batches (fisher, lottery). Needs an initialised process group."""
     import torch.distributed as dist
 
     check_sharded_supported(cfg)
