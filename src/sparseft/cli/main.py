@@ -17,9 +17,10 @@ from sparseft.cli import chat_cmd, demo, diff_cmd, eval_cmd, export_cmd, prune_c
 from sparseft.cli import factorize_cmd
 from sparseft.cli import plan_cmd
 from sparseft.cli import compare_cmd
+from sparseft.cli import moefy_cmd
 
 COMMANDS = (train_cmd, eval_cmd, run_cmd, demo, chat_cmd, prune_cmd, quantize_cmd, export_cmd, diff_cmd, factorize_cmd,
-            plan_cmd, compare_cmd)
+            plan_cmd, compare_cmd, moefy_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
