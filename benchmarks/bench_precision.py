@@ -4,19 +4,22 @@
     python benchmarks/bench_precision.py --only minilm train      # some parts
     python benchmarks/bench_precision.py --only minilm --rows fp32 bf16_weights ort_int8
     python benchmarks/bench_precision.py --quick                  # smoke test: tiny limits, not in results/
+                                                                  # (a tiny random NER model if the baseline is missing)
 
 Parts (every row runs in its own process, so its peak memory is its own):
 
   minilm   the fine-tuned MiniLM CoNLL-2003 model (--model-dir, default: the conll2003_full
            baseline of benchmarks/run.py) on CoNLL dev: entity F1, CPU throughput at batch 32 and
            latency at batch 1 (64 tokens), size, for fp32, bf16 / fp16 weights, bf16 autocast,
-           our dynamic int8 (kernel auto = measured, plus each kernel), static int8 (calibrated
+           our dynamic int8 (kernel auto = timed and error-gated on the calibration sentences,
+           plus each kernel: onednn per-token, onednn_tensor per-tensor, int_mm), static int8 (calibrated
            on the first --calib-samples training sentences), dynamic int8 + int8 embeddings,
            torch.ao quantize_dynamic, torchao int8 (if installed: pip install -e .[quant]),
            onnxruntime fp32 and dynamic int8 (export/onnx.py).
   smollm2  SmolLM2-135M: WikiText-2 perplexity (bench_quant.py's windows) and greedy decoding
            speed at batch 1 (tokens/s over --new-tokens after a --prompt-tokens prompt) for fp32,
-           bf16 weights, bf16 autocast, dynamic / static int8, torch.ao quantize_dynamic, torchao
+           bf16 weights, bf16 autocast, dynamic int8 (auto; per-tensor oneDNN beside it) / static
+           int8, torch.ao quantize_dynamic, torchao
            (fp16 weights with `--rows fp16_weights`: slow without fp16 units). ONNX covers encoders
            only; llama.cpp is bench_gguf.py.
   train    one MiniLM training step (forward + backward + AdamW) on CoNLL batches of --train-batch
@@ -48,10 +51,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2", "train")
 MINILM_ROWS = ("fp32", "bf16_weights", "fp16_weights", "bf16_autocast", "dyn_int8", "dyn_int8_onednn",
-               "dyn_int8_int_mm", "static_int8", "dyn_int8_emb8", "torch_qdynamic", "torchao_int8",
-               "ort_fp32", "ort_int8")
-LM_ROWS = ("fp32", "bf16_weights", "fp16_weights", "bf16_autocast", "dyn_int8", "static_int8", "torch_qdynamic",
-           "torchao_int8")
+               "dyn_int8_onednn_tensor", "dyn_int8_int_mm", "static_int8", "dyn_int8_emb8", "torch_qdynamic",
+               "torchao_int8", "ort_fp32", "ort_int8")
+LM_ROWS = ("fp32", "bf16_weights", "fp16_weights", "bf16_autocast", "dyn_int8", "dyn_int8_onednn_tensor",
+           "static_int8", "torch_qdynamic", "torchao_int8")
 # fp16 SmolLM2 runs ~15x slower than fp32 on CPUs without fp16 units (~15 min): only with --rows
 LM_DEFAULT = tuple(r for r in LM_ROWS if r != "fp16_weights")
 CONLL_DEV = "../shared/data/conll2003/eng.testa"
@@ -85,14 +88,17 @@ def quantize_row(model, row: str, calib, names: set[str]):
     if row in ("bf16_weights", "fp16_weights"):
         quantize_(model, HalfPrecisionConfig(dtype="bfloat16" if row.startswith("bf16") else "float16"))
     elif row in ("dyn_int8", "dyn_int8_emb8"):
-        cfg, choice = DynamicInt8Config().resolve(model)
+        # backend auto: timed on the layer shapes, error-gated on the calibration examples
+        cfg, choice = DynamicInt8Config().resolve(model, batches=calib())
         quantize_(model, cfg)
         notes["kernel"] = choice["choice"]
+        notes["kernel_reason"] = choice["reason"]
         notes["kernel_relative_time"] = {k: round(v["relative_time"], 3) for k, v in choice["candidates"].items()}
+        notes["kernel_worst_layer_sqnr_db"] = {k: round(v["sqnr_db"], 1) for k, v in choice["candidates"].items()}
         if row == "dyn_int8_emb8":
             quantize_(model, RTNConfig(bits=8, targets=["Embedding"], ignore=[]))
             notes["notes"] = "int8 RTN per-row word/position embeddings (QuantEmbedding)"
-    elif row in ("dyn_int8_onednn", "dyn_int8_int_mm"):
+    elif row in ("dyn_int8_onednn", "dyn_int8_onednn_tensor", "dyn_int8_int_mm"):
         quantize_(model, DynamicInt8Config(backend=row.removeprefix("dyn_int8_")))
     elif row == "static_int8":
         quantize_(model, StaticInt8Config(), batches=calib())
@@ -119,10 +125,10 @@ def model_size(model, row: str) -> tuple[int, str]:
 
     if row in ("fp32", "bf16_autocast", "bf16_weights", "fp16_weights"):
         return size_on_disk(model), "save_pretrained"
-    if row.startswith("dyn_int8"):
+    if row.startswith("dyn_int8") or row == "static_int8":
         with tempfile.TemporaryDirectory() as tmp:
             return export_compressed(model, tmp)["weights_bytes"], "compressed"
-    with tempfile.TemporaryDirectory() as tmp:  # static int8, torch.ao, torchao: no exporter of ours
+    with tempfile.TemporaryDirectory() as tmp:  # torch.ao, torchao: no exporter of ours
         torch.save(model.state_dict(), Path(tmp) / "m.pt")
         return (Path(tmp) / "m.pt").stat().st_size, "torch.save(state_dict)"
 
@@ -324,6 +330,33 @@ def targets(part: str, rows: list[dict], hw) -> dict:
     return out
 
 
+CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def quick_model(args) -> None:
+    """--quick without the CoNLL baseline: a tiny random BERT NER model (MiniLM's tokenizer) stands
+    in, so the minilm and train parts run end to end in seconds (their numbers mean nothing)."""
+    if (ROOT / args.model_dir / "config.json").exists():
+        return
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    from sparseft.load.model import load_tokenizer
+
+    path = ROOT / "benchmarks" / "runs" / "precision_quick" / "tiny_ner"
+    if not (path / "config.json").exists():
+        tok = load_tokenizer("minilm")
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=512, pad_token_id=tok.pad_token_id or 0,
+                         num_labels=len(CONLL_LABELS), id2label=dict(enumerate(CONLL_LABELS)),
+                         label2id={lab: i for i, lab in enumerate(CONLL_LABELS)})
+        BertForTokenClassification(cfg).save_pretrained(path)
+        tok.save_pretrained(path)
+    print(f"--quick: {args.model_dir} not found, using a tiny random NER model ({path.relative_to(ROOT)})")
+    args.model_dir = str(path.relative_to(ROOT))
+
+
 def run_part(part: str, args) -> Path | None:
     from sparseft.utils.env import describe_environment
     from sparseft.utils.hardware import detect
@@ -419,6 +452,8 @@ def main() -> int:
         args.calib_samples, args.windows, args.calib_windows = 8, 2, 2
         args.window_len, args.repeats, args.new_tokens, args.decode_repeats = min(args.window_len, 64), 2, 4, 1
         args.train_batch, args.train_steps = 4, 2
+        if {"minilm", "train"} & set(args.only or PARTS):
+            quick_model(args)
     failed = 0
     for part in args.only or PARTS:
         path = run_part(part, args)

@@ -193,12 +193,13 @@ def _quantized(method_name):
 
 
 def _compressed(name, quant=None, prune=None, sparse="auto", layout="auto", want_layout=None):
+    """`quant`: one quantizer config or a list applied in order (calibrated ones get ctx.calib())."""
     def build(ctx):
         model = ctx.fresh()
         if prune is not None:
             prune_(model, prune)
-        if quant is not None:
-            quantize_(model, quant)
+        for q in ([] if quant is None else quant if isinstance(quant, list) else [quant]):
+            quantize_(model, q, batches=ctx.calib() if needs_batches(q) else None)
         path = ctx.out / name
         stats = export_compressed(model, path, tokenizer=load_tokenizer(str(ctx.base_dir)), sparse=sparse,
                                   layout=layout)
@@ -230,6 +231,25 @@ register(Kind("compressed_ct_int8", _compressed(
     "c_ct_int8", RTNConfig(bits=8), sparse="never", want_layout="compressed-tensors")))
 register(Kind("compressed_dynamic_int8", _compressed(
     "c_dyn", REGISTRY.get("quantize", "dynamic_int8").config_cls(), want_layout="sparseft"), family="compressed"))
+register(Kind("compressed_static_int8", _compressed(
+    "c_static", REGISTRY.get("quantize", "static_int8").config_cls(), want_layout="sparseft"), family="compressed"))
+_EMB8 = RTNConfig(bits=8, targets=["Embedding"], ignore=[])  # int8 rows, one scale per row (bench_precision's emb8)
+register(Kind("compressed_dynamic_int8_emb8", _compressed(
+    "c_dyn_emb8", [REGISTRY.get("quantize", "dynamic_int8").config_cls(), _EMB8], want_layout="sparseft"),
+    family="compressed"))
+
+
+def _quantized_all(name, configs):  # several quantizers, saved with save_pretrained
+    def build(ctx):
+        model = ctx.fresh()
+        for q in configs:
+            quantize_(model, q, batches=ctx.calib() if needs_batches(q) else None)
+        return model, ctx.save(model, name)
+    return build
+
+
+register(Kind("quant_dynamic_int8_emb8", _quantized_all(
+    "q_dyn_emb8", [REGISTRY.get("quantize", "dynamic_int8").config_cls(), _EMB8]), family="modules"))
 
 
 def _factorized(name, quant=None):  # low-rank factors (compress/factorize), optionally quantized

@@ -44,5 +44,6 @@ def test_default_rows_and_env_line_with_cpu_units():
     bench = _load("bench_precision")
     assert "fp16_weights" in bench.LM_ROWS and "fp16_weights" not in bench.LM_DEFAULT
     assert {"ort_int8", "torch_qdynamic", "bf16_autocast", "static_int8"} <= set(bench.MINILM_ROWS)
+    assert "dyn_int8_onednn_tensor" in bench.MINILM_ROWS and "dyn_int8_onednn_tensor" in bench.LM_DEFAULT
     line = _load("summarize")._env_line({"env": {"cpu": "x", "hardware": {"summary": "amx [amx_int8], 2 threads"}}})
     assert "CPU units: amx [amx_int8], 2 threads" in line

@@ -16,8 +16,8 @@ from sparseft.export.compressed import export_compressed, load_compressed
 from sparseft.registry import REGISTRY
 
 METHODS = [m.name for m in REGISTRY.methods("quantize")]
-# known gaps, stated: the compressed format has no entry for these layers yet
-NO_COMPRESSED_EXPORT = {"static_int8": "StaticInt8Linear is not in export/compressed.py yet (in-memory only)"}
+# known gaps, stated: the compressed format has no entry for these layers yet (none today)
+NO_COMPRESSED_EXPORT: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -99,3 +99,31 @@ def test_cli_reports_bad_quantizer_as_one_line_error(saved_ner_model, tmp_path, 
     rc = main(["quantize", "--model", str(saved_ner_model), "--method", "awq", "--output-dir", str(tmp_path)])
     assert rc == 2
     assert "unknown quantize method 'awq'" in capsys.readouterr().err
+
+
+def test_cli_static_int8_export_reloads_through_load_and_from_pretrained(saved_ner_model, toy_ner_files, tmp_path):
+    """`sparseft quantize --method static_int8` calibrates on --train, exports the compressed
+    checkpoint (format 3), and it reloads with the calibrated ranges: same logits via sparseft.load,
+    and again after save_pretrained -> from_pretrained (after `import sparseft`)."""
+    import sparseft
+    from transformers import AutoModelForTokenClassification
+
+    from sparseft.compress.quantize import StaticInt8Linear
+
+    train, dev = toy_ner_files
+    out = tmp_path / "q"
+    rc = main(["quantize", "--model", str(saved_ner_model), "--method", "static_int8", "--train", str(train),
+               "--eval", str(dev), "--calib-samples", "8", "--output-dir", str(out), "--no-cost"])
+    assert rc == 0
+    assert '"agreement": 1.0' in (out / "metrics.json").read_text()           # the export stage's reload check
+    meta = json.loads((out / "compressed" / "compression_config.json").read_text())
+    assert meta["format_version"] == 3 and {m["type"] for m in meta["modules"].values()} == {"StaticInt8Linear"}
+    model = sparseft.load(str(out / "compressed"), "ner").eval()
+    layers = [m for m in model.modules() if isinstance(m, StaticInt8Linear)]
+    assert len(layers) == 12 and all(m.input_range.tolist() != [-1.0, 1.0] for m in layers)  # calibrated
+    ids = torch.randint(7, 60, (2, 9), generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "sp")
+    again = AutoModelForTokenClassification.from_pretrained(tmp_path / "sp").eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+        assert torch.equal(model(input_ids=ids).logits, load_compressed(out / "compressed")(input_ids=ids).logits)

@@ -16,7 +16,8 @@ Folder layout:
 Tensor names reuse compressed-tensors' where the meaning matches: a quantized layer stores
 `<fqn>.weight_packed` (uint8 codes, two 4-bit codes per byte, low nibble first, or one 8-bit
 code per byte), `<fqn>.weight_scale`, `<fqn>.weight_zero_point` and our `<fqn>.weight_codebook`
-/ `weight_outlier_*`; dynamic int8 layers store int8 `<fqn>.weight` + `<fqn>.weight_scale`. A
+/ `weight_outlier_*`; dynamic int8 layers store int8 `<fqn>.weight_int8` + `<fqn>.weight_scale`,
+static int8 layers the same plus their calibrated `<fqn>.input_range` (f32 [2]). A
 tensor stored as a bitmask becomes `<name>.bitmask` (uint8 [rows, ceil(cols/8)], LSB first)
 plus `<name>.compressed` (the entries that are not zero, row-major; for integer codes "zero"
 is the code that decodes to 0, which is then restored on load). The byte layouts are ours
@@ -25,8 +26,9 @@ decides what config.json says: where compressed-tensors can express the model (s
 int4 QuantLinear layers, no bitmask tensors) the quantized layers are written in its
 pack-quantized format instead, so plain transformers + compressed-tensors loads the folder;
 otherwise `from_pretrained` refuses it loudly and `load_compressed` / `sparseft.load` read it.
-Format 2 (this writer) stores dynamic int8 codes as `<fqn>.weight_int8`; format 1 folders
-(`<fqn>.weight`) still load.
+Format 2 stores dynamic int8 codes as `<fqn>.weight_int8` (format 1: `<fqn>.weight`); format 3
+(this writer) adds static int8 layers and `kernel_version` in dynamic entries ("onednn" in older
+folders means the per-tensor kernel, now "onednn_tensor"). Formats 1 and 2 still load.
 
 `sparse="auto"` stores a 2-D tensor as a bitmask only where that is smaller: with b-bit values
 that is below a density of 1 - 1/b (87.5% for int8, 75% for int4, 97% for fp32).
@@ -43,15 +45,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from sparseft.compress.quantize.dynamic import DynamicInt8Linear, resolve_backend
+from sparseft.compress.quantize.dynamic import DynamicInt8Linear, resolve_backend, stored_backend
 from sparseft.compress.quantize.layers import QuantEmbedding, QuantLinear, set_module
+from sparseft.compress.quantize.static import StaticInt8Linear
 from sparseft.compress.quantize.pack import (expand_groups, pack_bitmask, pack_codes, storage_bits,
                                              unpack_bitmask, unpack_codes)
 from sparseft.utils.io import atomic_write_json, dir_size_bytes
 from sparseft.utils.outdir import replace_dir
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+INT8 = (DynamicInt8Linear, StaticInt8Linear)  # int8 codes + per-channel scales, stored as they are
 CONFIG_NAME = "compression_config.json"
 WEIGHTS_NAME = "model.safetensors"
 SPARSE_MODES = ("auto", "always", "never")
@@ -60,7 +64,8 @@ FLOAT_DTYPES = {"keep": None, "float16": torch.float16, "bfloat16": torch.bfloat
 _QUANT_NAMES = {"qweight": "weight_packed", "scale": "weight_scale", "zero": "weight_zero_point",
                 "codebook": "weight_codebook", "outlier_index": "weight_outlier_index",
                 "outlier_value": "weight_outlier_value", "bias": "bias"}
-_DYN_NAMES = {"weight_int8": "weight_int8", "weight_scale": "weight_scale", "bias": "bias"}
+_DYN_NAMES = {"weight_int8": "weight_int8", "weight_scale": "weight_scale", "input_range": "input_range",
+              "bias": "bias"}
 
 
 def _full_zero_code(module, rows: int, cols: int) -> torch.Tensor:
@@ -134,9 +139,8 @@ class _Writer:
 
 
 def _quant_module_entry(module) -> dict:
-    if isinstance(module, DynamicInt8Linear):
-        return {"type": "DynamicInt8Linear", "format": "int-quantized", "in_features": module.in_features,
-                "out_features": module.out_features, "bias": module.bias is not None, "backend": module.backend}
+    if isinstance(module, INT8):
+        return {"type": type(module).__name__, "format": "int-quantized", **module.swap_spec()}
     kind = "QuantEmbedding" if isinstance(module, QuantEmbedding) else "QuantLinear"
     fmt = "pack-quantized" if storage_bits(module.bits) == 4 else "int-quantized"
     if getattr(module, "codebook", None) is not None:
@@ -146,7 +150,7 @@ def _quant_module_entry(module) -> dict:
 
 def _strategy(module) -> str:
     scale = getattr(module, "scale", None)
-    if isinstance(module, DynamicInt8Linear) or scale is None:
+    if isinstance(module, INT8) or scale is None:
         return "channel"
     if scale.shape == (1, 1):
         return "tensor"
@@ -159,13 +163,19 @@ def _config_groups(modules: dict[str, dict], model: nn.Module) -> dict:
     groups: dict[str, dict] = {}
     for fqn, entry in modules.items():
         module = model.get_submodule(fqn)
-        dynamic = entry["type"] == "DynamicInt8Linear"
-        weights = {"num_bits": 8 if dynamic else entry["bits"],
+        int8 = entry["type"] in ("DynamicInt8Linear", "StaticInt8Linear")
+        weights = {"num_bits": 8 if int8 else entry["bits"],
                    "type": "codebook" if entry["format"] == "codebook-quantized" else "int",
-                   "symmetric": True if dynamic else entry["symmetric"], "strategy": _strategy(module),
-                   "group_size": None if dynamic else entry["group_size"], "dynamic": False,
-                   "observer": "minmax" if dynamic else entry["method"]}
-        acts = {"num_bits": 8, "type": "int", "dynamic": True, "strategy": "tensor"} if dynamic else None
+                   "symmetric": True if int8 else entry["symmetric"], "strategy": _strategy(module),
+                   "group_size": None if int8 else entry["group_size"], "dynamic": False,
+                   "observer": "minmax" if int8 else entry["method"]}
+        acts = None
+        if entry["type"] == "DynamicInt8Linear":
+            acts = {"num_bits": 8, "type": "int", "dynamic": True, "symmetric": module.backend != "onednn_tensor",
+                    "strategy": "tensor" if module.backend in ("onednn_tensor", "fbgemm") else "token"}
+        elif int8:
+            acts = {"num_bits": 8, "type": "int", "dynamic": False, "strategy": "tensor",
+                    "symmetric": module.backend != "onednn"}
         key = json.dumps([weights, acts], sort_keys=True)
         groups.setdefault(key, {"targets": [], "weights": weights, "input_activations": acts})
         groups[key]["targets"].append(fqn)
@@ -180,7 +190,7 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
 
     Args:
         model: a transformers model, dense, pruned and/or quantized (QuantLinear, QuantEmbedding,
-            DynamicInt8Linear layers).
+            DynamicInt8Linear, StaticInt8Linear layers).
         tokenizer: saved alongside when given.
         sparse: 'auto' (bitmask where smaller), 'always' (every 2-D tensor) or 'never'.
         float_dtype: 'keep', 'float16' or 'bfloat16' for the tensors that are not quantized.
@@ -206,17 +216,17 @@ def export_compressed(model: nn.Module, directory: str | Path, *, tokenizer=None
         raise ValueError(f"float_dtype must be one of {tuple(FLOAT_DTYPES)}, got {float_dtype!r}")
     if not hasattr(model, "config"):
         raise ValueError("export_compressed needs a transformers model (with .config)")
-    check_exportable(model, (QuantLinear, QuantEmbedding, DynamicInt8Linear))
+    check_exportable(model, (QuantLinear, QuantEmbedding, *INT8))
     writer = _Writer(sparse, FLOAT_DTYPES[float_dtype])
     modules: dict[str, dict] = {}
     covered: set[str] = set()
     fp32_bytes = 0
     for fqn, module in model.named_modules():
-        if not isinstance(module, (QuantLinear, QuantEmbedding, DynamicInt8Linear)):
+        if not isinstance(module, (QuantLinear, QuantEmbedding, *INT8)):
             continue
         modules[fqn] = _quant_module_entry(module)
         covered.add(f"{fqn}.{GUARD}")  # the empty save guard of swapped modules (utils/swaps.py)
-        names = _DYN_NAMES if isinstance(module, DynamicInt8Linear) else _QUANT_NAMES
+        names = _DYN_NAMES if isinstance(module, INT8) else _QUANT_NAMES
         for attr, tensor in [*module.named_buffers(recurse=False), *module.named_parameters(recurse=False)]:
             covered.add(f"{fqn}.{attr}")
             name = f"{fqn}.{names[attr]}"
@@ -305,18 +315,21 @@ def _build_quant_module(fqn: str, entry: dict, meta: dict, stored: dict[str, tor
         name = f"{fqn}.{suffix}"
         return _decode(name, meta["tensors"][name], stored) if name in meta["tensors"] else None
 
-    if entry["type"] == "DynamicInt8Linear":
-        backend = entry.get("backend", "auto")
+    if entry["type"] in ("DynamicInt8Linear", "StaticInt8Linear"):
+        static = entry["type"] == "StaticInt8Linear"
+        backend = entry.get("backend", "auto") if static else stored_backend(entry)
         try:
             resolve_backend(backend)
         except ValueError:
             warnings.warn(f"{fqn}: int8 backend {backend!r} is unavailable here; using 'auto'", RuntimeWarning,
                           stacklevel=3)
             backend = "auto"
-        layer = DynamicInt8Linear(entry["in_features"], entry["out_features"], bias=entry["bias"],
-                                  backend=backend)
+        cls = StaticInt8Linear if static else DynamicInt8Linear
+        layer = cls(entry["in_features"], entry["out_features"], bias=entry["bias"], backend=backend)
         layer.weight_int8.copy_(get("weight_int8" if meta["format_version"] >= 2 else "weight"))
         layer.weight_scale.copy_(get("weight_scale"))
+        if static:
+            layer.input_range.copy_(get("input_range"))
         if layer.bias is not None:
             layer.bias.copy_(get("bias"))
         return layer

@@ -105,8 +105,7 @@ def build_module(fqn: str, spec: dict, current: nn.Module, shapes: dict) -> nn.M
         current.weight.requires_grad_(False)
         return SparseDelta(current, torch.empty(int(spec["k"]), dtype=torch.long))
     if kind == "DynamicInt8Linear":
-        return DynamicInt8Linear(spec["in_features"], spec["out_features"], bias=spec["bias"],
-                                 backend=spec.get("backend", "auto"))
+        return DynamicInt8Linear.from_spec(spec)  # old specs: "onednn" meant per-tensor
     if kind not in ("QuantLinear", "QuantEmbedding"):
         return _build_by_protocol(fqn, spec, current, shapes)
     cls = QuantLinear if kind == "QuantLinear" else QuantEmbedding

@@ -4,21 +4,30 @@ Weights are quantized once, symmetric per output channel (int8 -127..127, so pru
 exactly 0); each forward quantizes its input to 8 bits on the fly and runs an integer matmul
 with int32 accumulation, then rescales to float. Kernels (`backend`):
 
-  * "onednn"  `torch.ops.onednn.qlinear_pointwise` on a prepacked weight, activations uint8 per
-              tensor (asymmetric). The int8 GEMM that torch's x86 Inductor / torchao PT2E flow
-              lowers to, on plain tensors; uses AVX512-VNNI / AMX where the CPU has them.
-              A layer built with backend "auto" takes it where available.
-  * "int_mm"  `torch._int_mm` (int8 x int8 -> int32), activations int8 per token (symmetric).
-              Portable (any CPU, CUDA), more accurate per token, but its CPU kernel is slow for
-              large batches. The fallback where oneDNN is missing.
+  * "onednn"  `torch.ops.onednn.qlinear_pointwise` on a prepacked weight, activations int8 per
+              token (symmetric): the GEMM runs with activation scale 1 and each output row is
+              multiplied by its token's scale afterwards. The int8 GEMM that torch's x86
+              Inductor / torchao PT2E flow lowers to, on plain tensors; uses AVX512-VNNI / AMX
+              where the CPU has them. A layer built with backend "auto" takes it where available.
+  * "onednn_tensor"  the same GEMM with uint8 activations per tensor (asymmetric, one scale and
+              zero point for all tokens of the call), the scheme oneDNN / torch.ao quantize
+              natively. One output pass less, but one large token or channel coarsens every
+              other token's grid: on SmolLM2 it cost 50.1 vs 32.4 WikiText-2 perplexity against
+              per-token (fp32 31.5). The kernel is exact (it equals float math on the same
+              uint8 codes; no u8 x s8 saturation with VNNI): the loss is the scale granularity
+              (docs/hardware.md). Before format 3 / kernel_version 2, "onednn" meant this.
+  * "int_mm"  `torch._int_mm` (int8 x int8 -> int32), activations int8 per token (symmetric):
+              the same numbers as "onednn", portable (any CPU, CUDA), but its CPU kernel is
+              slow for large batches. The fallback where oneDNN is missing.
   * "fbgemm"  opt-in: `torch.ops.quantized.linear_dynamic`, the kernel behind torch.ao's
               quantize_dynamic, on our int8 weights (7-bit activations, as there). Up to ~1.7x
               faster than oneDNN per layer on small batches here, but it needs quantized tensors,
               which torch 2.13 deprecates (it warns they will be removed): not the default.
 
 `DynamicInt8Config(backend="auto")` (the default) measures the kernels this CPU and build offer
-on the model's own layer shapes and takes the fastest (kernels.py; `cfg.resolve(model)` returns
-the choice and the timings, which the quantize stage logs).
+on the model's own layer shapes and takes the fastest of those whose output error on the model's
+own activations passes the quality gate (kernels.py; `cfg.resolve(model)` returns the choice,
+the timings and the errors, which the quantize stage logs and the config records).
 
 Why (numbers in docs/quantization.md, `bench_quant.py --only linear`): the fbgemm path is the
 fastest but deprecated with torch.ao.quantization; oneDNN is the fastest *maintained* kernel
@@ -43,7 +52,9 @@ from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
 from sparseft.utils.swaps import add_save_guard
 
-BACKENDS = ("auto", "onednn", "int_mm", "fbgemm")
+BACKENDS = ("auto", "onednn", "onednn_tensor", "int_mm", "fbgemm")
+ONEDNN = ("onednn", "onednn_tensor")
+KERNEL_VERSION = 2  # 2: "onednn" is per-token; in specs without it "onednn" meant "onednn_tensor"
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,8 +76,8 @@ def resolve_backend(backend: str) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "onednn" if onednn_available() else "int_mm"
-    if backend == "onednn" and not onednn_available():
-        raise ValueError("backend 'onednn' is not available in this torch build; use backend='int_mm'")
+    if backend in ONEDNN and not onednn_available():
+        raise ValueError(f"backend {backend!r} is not available in this torch build; use backend='int_mm'")
     if backend == "fbgemm" and "fbgemm" not in torch.backends.quantized.supported_engines:
         raise ValueError("backend 'fbgemm' is not available in this torch build; use backend='onednn' or 'int_mm'")
     return backend
@@ -133,6 +144,8 @@ class DynamicInt8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float()                                 # [M, in]
         if self.backend == "onednn" and x2.device.type == "cpu":
+            y = self._forward_onednn_token(x2)
+        elif self.backend == "onednn_tensor" and x2.device.type == "cpu":
             y = self._forward_onednn(x2)
         elif self.backend == "fbgemm" and x2.device.type == "cpu":
             # activations uint8 per tensor, 7-bit range (reduce_range) as torch's quantize_dynamic
@@ -156,72 +169,124 @@ class DynamicInt8Linear(nn.Module):
             None if self.bias is None else self.bias.float(),
             1.0, 0, torch.float32, "none", [], "")                          # [M, out] f32
 
+    def _forward_onednn_token(self, x: torch.Tensor) -> torch.Tensor:
+        # per-token symmetric int8 codes, passed as uint8 with zero point 128 (oneDNN's int8
+        # activations take a reference path ~10,000x slower here); |x / s| <= 127, so
+        # x / s + 128.5 lies in [1.5, 255.5] and truncation rounds to nearest without a clamp
+        s = (torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True) / 127).clamp_min_(1e-8)  # [M, 1]
+        xq = x.div(s).add_(128.5).to(torch.uint8)                            # [M, in]
+        zeros = torch.zeros(self.out_features, dtype=torch.long)
+        y = torch.ops.onednn.qlinear_pointwise(                               # [M, out] f32 = acc * w_scale
+            xq, 1.0, 128, self._packed_weight(), self.weight_scale.float(), zeros, None,
+            1.0, 0, torch.float32, "none", [], "")
+        y.mul_(s)
+        return y if self.bias is None else y.add_(self.bias.float())
+
     def _forward_int_mm(self, x: torch.Tensor) -> torch.Tensor:
-        # per-token symmetric int8: x[m] ~ xq[m] * s[m]
-        s = (x.abs().amax(-1, keepdim=True) / 127).clamp_min(1e-8)           # [M, 1]
-        xq = (x / s).round_().clamp_(-127, 127).to(torch.int8)               # [M, in]
+        s, xq = _per_token_int8(x)
         acc = torch._int_mm(xq, self.weight_int8.t())                         # [M, out] int32
         y = acc.float() * s * self.weight_scale.float()
         return y if self.bias is None else y + self.bias.float()
 
     def swap_spec(self) -> dict:
-        """Constructor arguments, recorded in config.json by sparseft.utils.swaps.record_swaps_."""
+        """Constructor arguments (+ kernel_version), recorded in config.json by utils.swaps.record_swaps_."""
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
-                "backend": self.backend}
+                "backend": self.backend, "kernel_version": KERNEL_VERSION}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "DynamicInt8Linear":
+        """An empty layer from a stored spec (swap_spec or a compressed-export entry); specs written
+        before kernel_version 2 get the per-tensor kernel their "onednn" meant."""
+        return cls(spec["in_features"], spec["out_features"], bias=spec["bias"], backend=stored_backend(spec))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"
+
+
+def _per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per token: x[m] ~ xq[m] * s[m]; returns s [M, 1] f32 and xq [M, in] int8.
+    |x / s| <= 127 by construction, so no clamp pass is needed."""
+    s = (torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True) / 127).clamp_min_(1e-8)
+    return s, x.div(s).round_().to(torch.int8)
+
+
+def stored_backend(spec: dict) -> str:
+    """The kernel a stored spec asks for, in today's names (see KERNEL_VERSION)."""
+    backend = spec.get("backend", "auto")
+    if backend == "onednn" and spec.get("kernel_version", 1) < 2:
+        return "onednn_tensor"
+    return backend
 
 
 @dataclass
 class DynamicInt8Config(BaseConfig):
     """Args:
         backend: 'auto' (measured: the fastest of the kernels this CPU and build offer, on the
-            model's own layer shapes; compress/quantize/kernels.py), 'onednn', 'int_mm' or
-            'fbgemm' (deprecated torch quantized tensors; opt-in).
+            model's own layer shapes, among those passing the error gate on the model's own
+            activations; compress/quantize/kernels.py), 'onednn' (per-token activations),
+            'onednn_tensor' (per-tensor), 'int_mm' or 'fbgemm' (deprecated torch quantized
+            tensors; opt-in).
         targets / ignore: which Linear layers.
+        kernel_choice: filled by `resolve` when backend was 'auto': the chosen kernel, the
+            reason, each candidate's relative time and error (informational; saved with the
+            resolved config and in the model's config.json as `sparseft_int8_kernel`).
     """
 
     backend: str = "auto"
     targets: list[str] = field(default_factory=lambda: ["Linear"])
     ignore: list[str] = field(default_factory=default_ignore)
+    kernel_choice: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check_targets(self.targets, self.ignore)
 
-    def resolve(self, model: nn.Module, *, hw=None, time_fn=None) -> tuple["DynamicInt8Config", dict | None]:
-        """This config with backend 'auto' replaced by the kernel measured fastest on `model`'s
-        targeted layers, plus the measurement (None when the backend was given)."""
+    def resolve(self, model: nn.Module, *, batches=None, hw=None, time_fn=None, errors=None
+                ) -> tuple["DynamicInt8Config", dict | None]:
+        """This config with backend 'auto' replaced by the fastest kernel that passes the error
+        gate on `model`'s targeted layers, plus the full measurement (None when the backend was
+        given). `batches`: probe inputs (default: random token ids); `time_fn` / `errors`:
+        injected timings / per-kernel errors (tests)."""
         if self.backend != "auto":
             return self, None
-        choice = choose_kernel(model, self.targets, self.ignore, hw=hw, time_fn=time_fn)
-        return self.replace(backend=choice["choice"]), choice
+        choice = choose_kernel(model, self.targets, self.ignore, batches=batches, hw=hw, time_fn=time_fn,
+                               errors=errors)
+        from sparseft.compress.quantize.kernels import choice_summary
+
+        return self.replace(backend=choice["choice"], kernel_choice=choice_summary(choice)), choice
 
 
-def choose_kernel(model: nn.Module, targets: list[str], ignore: list[str], *, hw=None, time_fn=None) -> dict:
-    """Measure the candidate int8 kernels of this CPU on the model's layer shapes (kernels.py)."""
-    from sparseft.compress.quantize.kernels import candidate_kernels, measure_kernels
+def choose_kernel(model: nn.Module, targets: list[str], ignore: list[str], *, batches=None, hw=None,
+                  time_fn=None, errors=None) -> dict:
+    """Measure the candidate int8 kernels of this CPU on the model's layer shapes and check
+    their error on the model's activations (kernels.py)."""
+    from sparseft.compress.quantize.kernels import candidate_kernels, measure_kernels, probe_errors
     from sparseft.utils.hardware import detect
 
     hw = hw or detect()
     candidates = candidate_kernels(hw, onednn=onednn_available(),
                                    fbgemm="fbgemm" in torch.backends.quantized.supported_engines)
-    choice = measure_kernels(target_linears(model, targets, ignore), candidates, time_fn=time_fn)
+    linears = target_linears(model, targets, ignore)
+    if errors is None:
+        errors = probe_errors(model, linears, candidates, batches=batches)
+    choice = measure_kernels(linears, candidates, time_fn=time_fn, errors=errors)
     return {**choice, "hardware_class": hw.hardware_class}
 
 
 @torch.no_grad()
 def quantize_dynamic_(model: nn.Module, cfg: DynamicInt8Config, *, batches=None) -> None:
-    """Swap targeted Linear layers for DynamicInt8Linear (batches unused); backend 'auto' is
-    measured first (`cfg.resolve`; the quantize stage logs the measurement)."""
+    """Swap targeted Linear layers for DynamicInt8Linear; backend 'auto' is measured first
+    (`cfg.resolve`, probing the kernels' error on `batches` when given). The choice is recorded
+    in `model.config.sparseft_int8_kernel` (saved with the model)."""
     measured = cfg.backend == "auto"
-    cfg, _ = cfg.resolve(model)
+    cfg, _ = cfg.resolve(model, batches=batches)
     backend = resolve_backend(cfg.backend)
     if measured and not onednn_available():
         warnings.warn("oneDNN int8 linear is unavailable in this torch build; dynamic int8 uses the slower "
                       "torch._int_mm kernel", RuntimeWarning, stacklevel=2)
+    if cfg.kernel_choice and hasattr(model, "config"):
+        model.config.sparseft_int8_kernel = cfg.kernel_choice
     for fqn, linear in target_linears(model, cfg.targets, cfg.ignore):
         set_module(model, fqn, DynamicInt8Linear.from_linear(linear, backend))
 

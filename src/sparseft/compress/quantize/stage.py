@@ -24,6 +24,8 @@ from sparseft.compress.quantize.layers import quantized_summary
 from sparseft.config.base import BaseConfig, save_config
 from sparseft.registry import REGISTRY, register_method
 
+PROBE_EXAMPLES = 16  # training examples on which backend 'auto' checks each int8 kernel's error
+
 
 def build_quantizer_config(quantizer: str, args: dict) -> BaseConfig:
     """The registered quantization config named `quantizer`, built (and validated) from `args`."""
@@ -87,13 +89,16 @@ def quantize_stage(ctx, cfg: QuantizeStageConfig, name: str) -> None:
         ctx.report.log(name, {"before": {k: before[k] for k in ("latency_ms_b1", "throughput_seq_s_b32")}})
     kernel = None
     if callable(getattr(qcfg, "resolve", None)):  # measured choices ("auto" int8 kernels), made once here
-        qcfg, kernel = qcfg.resolve(ctx.model)
+        # the kernels' error is probed on a few real training examples where the run has them
+        probe = batches or stage_calibration_batches(ctx, min(cfg.calib_samples, PROBE_EXAMPLES), cfg.calib_batch_size)
+        qcfg, kernel = qcfg.resolve(ctx.model, batches=probe or None)
     quantize_(ctx.model, qcfg, batches=batches)
     save_config(qcfg, cfg.output_dir, "sparseft_quantize.json")
     metrics = {"quantizer": cfg.quantizer, **quantized_summary(ctx.model), **compressed_size(ctx.model)}
     if kernel:
         metrics["kernel"] = {"choice": kernel["choice"], "reason": kernel["reason"],
-                             "relative_time": {k: round(v["relative_time"], 3) for k, v in kernel["candidates"].items()}}
+                             "relative_time": {k: round(v["relative_time"], 3) for k, v in kernel["candidates"].items()},
+                             "worst_layer_sqnr_db": {k: round(v["sqnr_db"], 1) for k, v in kernel["candidates"].items()}}
     if batches:
         metrics["calib_examples"] = sum(len(b["input_ids"]) for b in batches)
     if cfg.cost:

@@ -12,8 +12,10 @@ where the build has it, else `torch._int_mm` (int8 symmetric per tensor).
 
     >>> quantize_(model, StaticInt8Config(), batches=calibration_batches)   # doctest: +SKIP
 
-Export: the compressed checkpoint (export/compressed.py) does not know this layer yet, so an
-exported folder fails to load (loudly: unexpected tensors); use it in memory or in benchmarks.
+Saving: `save_pretrained` folders (after `import sparseft`, `from_pretrained` rebuilds the layers)
+and the compressed checkpoint (export/compressed.py, format 3: int8 codes, scales and the
+calibrated `input_range`) both reload to the same outputs; `sparseft quantize --method
+static_int8` calibrates on the recipe's training examples and exports the latter.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sparseft.compress.quantize.dynamic import onednn_available
 from sparseft.compress.quantize.layers import check_targets, default_ignore, set_module, target_linears
 from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
+from sparseft.utils.swaps import add_save_guard
 
 OBSERVERS = ("minmax", "percentile")
 BACKENDS = ("auto", "onednn", "int_mm")
@@ -50,6 +53,7 @@ class StaticInt8Linear(nn.Module):
         self.register_buffer("input_range", torch.tensor([-1.0, 1.0]))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._packed, self._packed_key = None, None
+        add_save_guard(self)  # save_pretrained folders: see sparseft.utils.swaps
 
     @classmethod
     @torch.no_grad()
