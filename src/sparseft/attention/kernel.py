@@ -28,14 +28,18 @@ from sparseft.attention.config import SparseAttentionConfig
 from sparseft.attention.pattern import in_local, random_key_blocks, row_windows, shared_keys
 
 
-def auto_block(cfg: SparseAttentionConfig, window: int) -> int:
-    """Query block size: the configured one, else the window clamped to [16, 128]
-    (or the random block size when random blocks are on, so a block touches few draws)."""
+def auto_block(cfg: SparseAttentionConfig, window: int, causal: bool) -> int:
+    """Query block size: the configured one, else from the window, clamped to [16, 128] (or the
+    random block size when random blocks are on, so a block touches few draws).
+
+    A block's key span is block + reach (causal) or block + 2 * reach, of which each query uses
+    w (causal) or 2w - 1 keys: block = w / 2 (causal) and w (encoders) use about 2/3 of the span.
+    """
     if cfg.block_size:
         return cfg.block_size
     if cfg.random_blocks:
         return cfg.random_block_size
-    return max(16, min(128, window))
+    return max(16, min(128, window // 2 if causal else window))
 
 
 def _span(t: torch.Tensor, start: int, length: int, dim: int) -> torch.Tensor:
@@ -82,7 +86,7 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     win = row_windows(cfg, kv_len, key_padding, dev).view(-1, 1, 1, 1)       # [B|1, 1, 1, 1]: window per row
     window = int(win.max())
     reach = (window - 1) * cfg.dilation
-    block = auto_block(cfg, window)
+    block = auto_block(cfg, window, causal)
     n_blocks = -(-q_len // block)
     q_pad = n_blocks * block
     span = block + reach + (0 if causal else reach)
@@ -226,7 +230,7 @@ def recomputed_blocked_attention(query, key, value, cfg: SparseAttentionConfig, 
 
     q_len, kv_len = query.shape[2], key.shape[2]
     off = kv_len - q_len if q_offset is None else q_offset
-    block = auto_block(cfg, int(row_windows(cfg, kv_len, key_padding).max()))
+    block = auto_block(cfg, int(row_windows(cfg, kv_len, key_padding).max()), causal)
     rows = block * max(1, chunk_rows // block)
     outs = []
     for start in range(0, q_len, rows):
