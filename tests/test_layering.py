@@ -24,6 +24,7 @@ KNOWN = {
     "compress.prune.stage": {"sparseft.eval.cost", "sparseft.eval.evaluate"},
     "compress.quantize.stage": {"sparseft.eval.cost", "sparseft.export.compressed"},
     "experts.stage": {"sparseft.eval.cost", "sparseft.eval.evaluate"},
+    "experts.task_stage": {"sparseft.eval.evaluate", "sparseft.export.task_experts"},
     "sft.stage": {"sparseft.eval.evaluate", "sparseft.export.sparse_diff"},
     "train.lora_stage": {"sparseft.eval.evaluate"},
     "train.stage": {"sparseft.eval.evaluate"},

@@ -35,6 +35,7 @@ import sparseft.compress.quantize.stage  # noqa: F401  stage: quantize
 import sparseft.eval.stage  # noqa: F401  stage: eval
 import sparseft.experts.moefy  # noqa: F401  experts: moefy
 import sparseft.experts.stage  # noqa: F401  stage: moefy
+import sparseft.experts.task_stage  # noqa: F401  stages: task_experts, esft
 import sparseft.experts.upcycle  # noqa: F401  experts: upcycle
 import sparseft.export.compressed_stage  # noqa: F401  stage: export
 import sparseft.export.stage  # noqa: F401  stage: save
