@@ -1,8 +1,8 @@
 """Sparse attention (issue 10): the blocked kernel vs dense SDPA, long-context LM, fine-tuning.
 
-    python benchmarks/bench_attention.py --only kernel             # ~25 min on 2 idle cores (L up to 16k)
+    python benchmarks/bench_attention.py --only kernel             # ~15 min on 2 idle cores (L up to 16k)
     python benchmarks/bench_attention.py --only lm                 # ~15 min (--max-windows 2, 1 eval window each)
-    python benchmarks/bench_attention.py --only finetune           # CoNLL sqrt-window run (~1 h) + SmolLM2 4k steps
+    python benchmarks/bench_attention.py --only finetune           # CoNLL sqrt-window run (~35 min) + SmolLM2 (~10 min)
     python benchmarks/bench_attention.py --smoke                   # tiny random models, < 1 min, not in results/
 
 Parts (every row runs in its own process, so its peak memory is its own):
@@ -19,7 +19,7 @@ Parts (every row runs in its own process, so its peak memory is its own):
             after an --decode-context prompt (dense cache vs the rolling windowed cache).
   finetune  MiniLM on CoNLL-2003: recipes/minilm_conll2003_full.yaml with a `sparse_attention`
             stage (window sqrt) before training; the dense row is the existing conll2003_full
-            baseline (benchmarks/runs/conll2003_full/metrics.json). SmolLM2 trained --train-steps
+            baseline (the latest benchmarks/results/conll2003_full-*.json). SmolLM2 trained --train-steps
             AdamW steps on --train-len-token WikiText-2 train windows (wiki.valid.tokens when
             wiki.train.tokens is absent, as in ../shared/data today), window vs dense: loss after
             the same steps and tokens/s.
@@ -296,10 +296,11 @@ def conll_row(args) -> list[dict]:
     from sparseft.pipeline import run
 
     out = []
-    base = ROOT / "benchmarks" / "runs" / "conll2003_full" / "metrics.json"
-    if base.exists():
-        stages = json.loads(base.read_text())["stages"]
-        out.append({"kind": "conll", "row": "dense (conll2003_full baseline)", "f1": stages.get("dev", {}).get("f1")})
+    records = sorted(RESULTS.glob("conll2003_full-*.json"))       # benchmarks/run.py conll2003_full records
+    if records:
+        stages = json.loads(records[-1].read_text())["stages"]
+        out.append({"kind": "conll", "row": "dense (conll2003_full baseline)", "record": records[-1].name,
+                    "f1": stages.get("dev", {}).get("f1")})
     recipe = load_recipe(ROOT / "recipes" / "minilm_conll2003_full.yaml",
                          [f"output_dir=benchmarks/runs/conll2003_sparse_attention"])
     from sparseft.config.recipe import Stage
@@ -309,7 +310,7 @@ def conll_row(args) -> list[dict]:
     ctx = run(recipe, print_report=False, overwrite=True)
     out.append({"kind": "conll", "row": "window_sqrt", "f1": ctx.state.get("dev", {}).get("f1"),
                 "seconds": time.perf_counter() - t0})
-    if out[0].get("f1") is not None and out[-1]["f1"] is not None:
+    if len(out) == 2 and out[0].get("f1") is not None and out[-1]["f1"] is not None:
         out[-1]["delta_f1"] = out[-1]["f1"] - out[0]["f1"]
     return out
 

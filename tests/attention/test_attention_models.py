@@ -266,3 +266,13 @@ def test_packed_sequences_are_refused_not_leaked():
     with pytest.raises(ValueError, match="packed sequences"):
         model(ids, position_ids=positions)
     model(ids, position_ids=torch.arange(12).unsqueeze(0))   # ordinary positions are fine
+
+
+
+def test_left_padding_with_sinks_warns():
+    model = _llama()
+    sparsify_attention_(model, SparseAttentionConfig(window=4, sinks=2))
+    ids, mask = _batch()
+    mask = mask.flip(1)                    # left padding on the second row
+    with pytest.warns(RuntimeWarning, match="pad on the right"):
+        model(ids, attention_mask=mask)

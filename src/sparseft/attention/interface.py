@@ -17,6 +17,8 @@ plain dict, saved in config.json) and causality from `module.is_causal`, and dis
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -97,6 +99,9 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
         raise ValueError(f"{ATTN_NAME} attention takes a 2-D padding mask, got a {attention_mask.dim()}-D mask "
                          f"(custom 4-D masks need attn_implementation='sdpa')")
     cfg = config_of(module)
+    if attention_mask is not None and (cfg.sinks or cfg.global_tokens) and not bool(attention_mask[:, 0].all()):
+        warnings.warn(f"{ATTN_NAME}: sinks / global tokens are the first positions of each row, which are padding "
+                      f"in left-padded rows (those rows lose them): pad on the right", RuntimeWarning, stacklevel=2)
     causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     dropout = dropout if module.training else 0.0
