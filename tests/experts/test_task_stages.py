@@ -65,3 +65,17 @@ def test_esft_stage_after_upcycle(tiny_bert_dir, toy_ner_files, tmp_path):
     assert 2 <= section["selected_experts"] < 8
     assert "f1_before" in section and "f1_after" in section
     assert all(p.requires_grad for p in ctx.model.parameters())      # a plain trainable model again
+
+
+def test_shipped_task_experts_recipe_builds():
+    from pathlib import Path
+
+    from sparseft.config.recipe import load_recipe
+    from sparseft.methods import build_stage_config
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "minilm_task_experts.yaml"
+    assert path.read_text().splitlines()[0].startswith(f"# sparseft run recipes/{path.name}")
+    recipe = load_recipe(path)
+    method, cfg = build_stage_config(recipe.stages[0], recipe)
+    assert method.name == "task_experts" and [t["name"] for t in cfg.tasks] == ["sst2", "ag_news", "banking77"]
+    assert cfg.build().mask_config().density == 0.01

@@ -167,7 +167,8 @@ def _wrap(model: nn.Module, indices: Mapping[str, Mapping[str, torch.Tensor]]) -
         setattr(parent, child, TaskSparseDelta(module, {t: i for t, i in per_task.items() if i.numel()}))
 
 
-def from_indices(model: nn.Module, tasks: Mapping[str, Sequence[str]], indices: Mapping[str, Mapping[str, torch.Tensor]],
+def from_indices(model: nn.Module, tasks: Mapping[str, Sequence[str]],
+                 indices: Mapping[str, Mapping[str, torch.Tensor]],
                  *, heads: Sequence[str] = ("classifier", "score"), seed: int = 0) -> MultiTaskModel:
     """A MultiTaskModel with given positions {weight fqn: {task: sorted flat idx}} (deltas 0).
 

@@ -119,7 +119,8 @@ class ESFTConfig(BaseConfig):
         if self.score not in ESFT_SCORES:
             raise ValueError(f"score must be one of {ESFT_SCORES}, got {self.score!r}")
         if self.min_experts < 1 or self.max_experts < 0:
-            raise ValueError(f"min_experts must be >= 1 and max_experts >= 0, got {self.min_experts}, {self.max_experts}")
+            raise ValueError(f"min_experts must be >= 1 and max_experts >= 0, got "
+                             f"{self.min_experts}, {self.max_experts}")
         if self.max_experts and self.max_experts < self.min_experts:
             raise ValueError(f"max_experts ({self.max_experts}) must be >= min_experts ({self.min_experts})")
         if self.score_batches < 1:

@@ -200,7 +200,8 @@ def esft_stage(ctx, cfg: ESFTStageConfig, name: str) -> None:
     after = eval_fn(model) if cfg.baseline and data.eval else None
     key = metric[0]
     if before is not None and after is not None and before.get(key) is not None and after.get(key) is not None:
-        metrics.update({f"{key}_before": before[key], f"{key}_after": after[key], f"delta_{key}": after[key] - before[key]})
+        metrics.update({f"{key}_before": before[key], f"{key}_after": after[key],
+                        f"delta_{key}": after[key] - before[key]})
     ctx.report.log(name, metrics)
     ctx.state[name] = result
     out = Path(cfg.output_dir)

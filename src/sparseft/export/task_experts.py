@@ -95,7 +95,8 @@ def save_task_experts(mt: MultiTaskModel, directory: str | Path, *, base_model: 
                        "head": diff.dense_count}
     base = mt.base_tensors()
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "base_model": base_model,
-                "base_fingerprint": fingerprint_tensors(base, base), "base_params": sum(t.numel() for t in base.values()),
+                "base_fingerprint": fingerprint_tensors(base, base),
+                "base_params": sum(t.numel() for t in base.values()),
                 "tasks": tasks, "head_slots": list(mt.head_slots),
                 "config": config.to_dict() if config is not None else None}
     atomic_write_json(out / MANIFEST, manifest)
