@@ -53,6 +53,39 @@ def _span(t: torch.Tensor, start: int, length: int, dim: int) -> torch.Tensor:
     return F.pad(part, pad) if any(pad) else part
 
 
+class _Grid:
+    """Strided attention when every position is a query: position p = a * stride + c sits in row a,
+    column c of an [nt, stride] grid, and query (a, c) attends to column c, so the scores are one
+    batched matmul per column ([stride, nt, nt]) instead of gathering L * nt key vectors."""
+
+    def __init__(self, bsz, kv_heads, groups, n_blocks, block, n_t, stride):
+        self.shape = (bsz, kv_heads, groups, n_blocks, block)
+        self.n_t, self.stride = n_t, stride
+
+    def columns(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, Hk, L, D] keys or values -> [B, Hk, 1, stride, nt, D] (column-major grid)."""
+        b, hk = t.shape[:2]
+        g = _span(t, 0, self.n_t * self.stride, 2).view(b, hk, self.n_t, self.stride, -1)
+        return g.transpose(2, 3).unsqueeze(2)
+
+    def scores(self, q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """q [B, H, q_pad, D] (scaled) -> strided scores in block layout [B, Hk, nb, G, block, nt]."""
+        bsz, hk, groups, nb, block = self.shape
+        qg = _span(q, 0, self.n_t * self.stride, 2).view(bsz, hk, groups, self.n_t, self.stride, -1)
+        s = qg.transpose(3, 4) @ self.columns(key).transpose(-1, -2)          # [B, Hk, G, stride, nt, nt]
+        s = s.transpose(3, 4).reshape(bsz, hk, groups, -1, self.n_t)         # [B, Hk, G, nt*stride, nt]
+        return _span(s, 0, nb * block, 3).view(bsz, hk, groups, nb, block, self.n_t).transpose(2, 3)
+
+    def apply(self, p: torch.Tensor, v_cols: torch.Tensor) -> torch.Tensor:
+        """probs [B, Hk, nb, G, block, nt] x column values -> [B, Hk, nb, G, block, D]."""
+        bsz, hk, groups, nb, block = self.shape
+        p = p.transpose(2, 3).reshape(bsz, hk, groups, nb * block, self.n_t)
+        p = _span(p, 0, self.n_t * self.stride, 3).view(bsz, hk, groups, self.n_t, self.stride, self.n_t)
+        out = p.transpose(3, 4) @ v_cols                                      # [B, Hk, G, stride, nt, D]
+        out = out.transpose(3, 4).reshape(bsz, hk, groups, self.n_t * self.stride, -1)
+        return _span(out, 0, nb * block, 3).view(bsz, hk, groups, nb, block, -1).transpose(2, 3)
+
+
 def _softmax_rows(scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis of `scores` where `keep`; rows with no kept entry give zeros."""
     scores = scores.masked_fill(~keep, float("-inf"))
@@ -130,9 +163,9 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     rb = cfg.random_block_size
     n_kb = -(-kv_len // rb)
     if cfg.random_blocks:
-        first = qpos[:, 0] // rb
-        touch = (qpos[:, -1] // rb - first).max().item() + 1
-        owner = first.unsqueeze(1) + torch.arange(touch, device=dev)          # [nb, touch]
+        qb_first = qpos[:, 0] // rb
+        touch = (qpos[:, -1] // rb - qb_first).max().item() + 1
+        owner = qb_first.unsqueeze(1) + torch.arange(touch, device=dev)       # [nb, touch]
         drawn = random_key_blocks(cfg, owner, n_kb, causal)                   # [nb, touch, r]
         keys = drawn.unsqueeze(-1) * rb + torch.arange(rb, device=dev)        # [nb, touch, r, rb]
         ok = (drawn.unsqueeze(-1) >= 0) & (keys < kv_len)
@@ -147,14 +180,14 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         keeps.append(keep & valid[:, keys].unsqueeze(2))
         values.append(("block", value[:, :, keys]))
 
-    # 4. strided keys, one set per query.
+    # 4. strided keys, one set per query: key slot m of query i is j = i % stride + m * stride.
     stride = cfg.stride_for(kv_len)
     if stride and cfg.stride_mode == "strided":
         n_t = -(-kv_len // stride)
         m = torch.arange(n_t, device=dev)
         pos = qpos.reshape(-1, 1)                                             # [q_pad, 1]
-        keys = pos - m * stride if causal else pos % stride + m * stride     # [q_pad, nt]
-        ok = (keys >= 0) & (keys < kv_len)
+        keys = pos % stride + m * stride                                      # [q_pad, nt]
+        ok = (keys < kv_len) & (keys <= pos) if causal else keys < kv_len
         keys = torch.where(ok, keys, torch.zeros_like(keys))
         keep = ok & ~is_shared[keys]
         if cfg.random_blocks:
@@ -162,10 +195,15 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
             keep &= ~(drawn.unsqueeze(1) == (keys // rb).unsqueeze(-1)).any(-1)
         local = in_local((pos - keys).view(1, n_blocks, block, n_t), win, cfg.dilation, causal)
         keep = keep.view(n_blocks, block, n_t) & ~local                      # [B|1, nb, block, nt]
-        k_str = key[:, :, keys].view(bsz, kv_heads, n_blocks, block, n_t, dim)
-        scores.append(torch.einsum("bhngqd,bhnqtd->bhngqt", q6, k_str))
         keeps.append(keep & valid[:, keys].view(valid.shape[0], n_blocks, block, n_t))
-        values.append(("query", value[:, :, keys].view(bsz, kv_heads, n_blocks, block, n_t, dim)))
+        if off == 0 and q_len == kv_len:   # every position queries: column attention on a [nt, stride] grid
+            grid = _Grid(bsz, kv_heads, groups, n_blocks, block, n_t, stride)
+            scores.append(grid.scores(q, key))
+            values.append(("grid", grid.columns(value)))
+        else:                              # a few queries (decoding): gather their keys
+            k_str = key[:, :, keys].view(bsz, kv_heads, n_blocks, block, n_t, dim)
+            scores.append(torch.einsum("bhngqd,bhnqtd->bhngqt", q6, k_str))
+            values.append(("query", value[:, :, keys].view(bsz, kv_heads, n_blocks, block, n_t, dim)))
 
     # One softmax over the concatenated key sets; masks broadcast over heads and GQA groups.
     if len(scores) == 1:   # window only: no concatenation copies
@@ -187,6 +225,8 @@ def blocked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         start += s.shape[-1]
         if kind == "query":
             part = torch.einsum("bhngqt,bhnqtd->bhngqd", p, v)
+        elif kind == "grid":
+            part = grid.apply(p, v)
         else:
             flat = p.reshape(bsz, kv_heads, n_blocks, groups * block, -1)
             part = flat @ (v.unsqueeze(2) if kind == "shared" else v)          # [B, Hk, nb, G*block, D]
