@@ -22,11 +22,14 @@ Per system: each task's dev accuracy, total training time (mask selection includ
 parameters stored (full: 3 whole models; experts / sft: the base once + per task its values,
 positions and head) and that total over one model's size (the target: <= 1.3x vs 3x).
 
-Runtime estimate on 2 CPU cores (MiniLM-L6, max_length 96, batch 32): ~60-100 training
-examples/s, so `--train-limit 2000 --epochs 2` is about 12k examples per system: ~3 min each,
-~10-12 min for all three with evaluation; the full data (SST-2's 66k rows dominate: ~81k per
-epoch) is ~25-40 min per system and epoch. Results: benchmarks/results/task_experts-<UTC>.json
-(append-only); `--smoke`: benchmarks/runs/task_experts_quick/results.
+Runtime estimate on 2 CPU cores (MiniLM-L6, batch 32): ~65 training examples/s (the
+banking77_full record: 45k examples in 704 s), the sparse systems about as fast (their backward
+still forms each layer's dense gradient). `--train-limit 2000 --epochs 2` = 12k examples per
+system: ~3-4 min each, ~12-15 min for all three with Fisher scoring and evaluation (3,147 dev
+rows per system). The full data (~80k training rows per epoch, SST-2's 66k dominate) is ~20 min
+per system and epoch: ~2 h for the three systems at the default 2 epochs. Results (one record,
+rows per system; summarize.py renders them): benchmarks/results/task_experts-<UTC>.json;
+`--smoke`: benchmarks/runs/task_experts_quick/results.
 """
 
 from __future__ import annotations
@@ -244,14 +247,21 @@ def main() -> int:
             rows[system] = row
             print(system, json.dumps({k: row[k] for k in ("accuracy", "train_seconds", "stored_vs_one_model")}),
                   flush=True)
+    from sparseft.utils.env import describe_environment
+    from sparseft.utils.hardware import detect
+
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    table = [{"system": system, **{f"{t}_accuracy": acc for t, acc in row["accuracy"].items()},
+              "train_seconds": row["train_seconds"], "stored_params": row["stored_params"],
+              "stored_vs_one_model": row["stored_vs_one_model"]} for system, row in rows.items()]
     record = {"experiment": "task_experts", "command": " ".join(["python", "benchmarks/bench_task_experts.py",
                                                                  *sys.argv[1:]]),
               "quick": bool(args.smoke), "train_limit": args.train_limit, "eval_limit": args.eval_limit,
               "args": vars(args), "examples": {t: {"train": len(d.train), "eval": len(d.eval), "labels": len(d.labels)}
                                                for t, d in data.items()},
+              "env": describe_environment(), "hardware": detect().to_dict(),
               "torch_threads": torch.get_num_threads(), "wall_seconds": time.perf_counter() - t_start,
-              "rows": rows,
+              "rows": table, "details": rows,
               "notes": "stored_params counts the base once plus, per task, values + positions + head (sparse) or "
                        "every parameter of every model (full); SST-2 dev is held out of train (overlapping "
                        "sub-phrases: optimistic)."}
