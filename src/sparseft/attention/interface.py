@@ -106,7 +106,6 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     dropout = dropout if module.training else 0.0
     kv_len = key.shape[2]
-    q_offset = None
     positions = kwargs.get("position_ids")
     if positions is not None and attention_mask is None and _restarts(positions):
         raise ValueError(f"{ATTN_NAME} attention does not support packed sequences (position_ids restart inside a "
@@ -117,8 +116,7 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
         return _dense_sdpa(query, key, value, causal=causal, scaling=scaling, key_padding=attention_mask,
                            dropout=dropout), None
     if cfg.backend == "dense_mask":
-        allowed = pattern_mask(cfg, query.shape[2], kv_len, causal, q_offset=q_offset, key_padding=attention_mask,
-                               device=query.device)
+        allowed = pattern_mask(cfg, query.shape[2], kv_len, causal, key_padding=attention_mask, device=query.device)
         return dense_reference(query, key, value, allowed, scaling=scaling, key_padding=attention_mask,
                                dropout=dropout), None
     if cfg.backend == "flex" or (cfg.backend == "auto" and _flex_ok(query, module)):
@@ -128,7 +126,7 @@ def sparse_attention_forward(module, query: torch.Tensor, key: torch.Tensor, val
                                      key_padding=attention_mask), None
     kernel = recomputed_blocked_attention if cfg.recompute and torch.is_grad_enabled() else blocked_attention
     return kernel(query, key, value, cfg, causal=causal, scaling=scaling, key_padding=attention_mask,
-                  dropout=dropout, q_offset=q_offset), None
+                  dropout=dropout), None
 
 
 def rolled_attention(query, key, value, cfg: SparseAttentionConfig, positions: torch.Tensor, *, scaling: float,
@@ -137,6 +135,10 @@ def rolled_attention(query, key, value, cfg: SparseAttentionConfig, positions: t
     is evaluated on their true positions; [Lq, sinks + window] mask, never [L, L]."""
     from sparseft.attention.cache import sink_count
 
+    if cfg.stride or cfg.random_blocks or cfg.global_positions:
+        raise ValueError(f"{ATTN_NAME}: fewer keys ({key.shape[2]}) than positions ({int(positions.max()) + 1}) but "
+                         f"the pattern needs keys outside the window (stride / random_blocks / global_positions); "
+                         f"rolled caches (attention/cache.py) hold window and sinks only")
     row = int(positions[:, -1].argmax())           # the least padded row: its positions are the cache slots
     total = int(positions[row, -1]) + 1
     kv_len, sinks = key.shape[2], sink_count(cfg)
