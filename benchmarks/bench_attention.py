@@ -18,7 +18,8 @@ Parts (every row runs in its own process, so its peak memory is its own):
             --max-windows of --lm-windows; forward tokens/s and peak RSS; greedy decoding speed
             after an --decode-context prompt (dense cache vs the rolling windowed cache).
   finetune  MiniLM on CoNLL-2003: recipes/minilm_conll2003_full.yaml with a `sparse_attention`
-            stage (window sqrt) before training; the dense row is the existing conll2003_full
+            stage before training (--conll-attention specs; default window=sqrt, whose min_window 16
+            leaves most CoNLL sentences, under ~30 tokens, nearly dense); the dense row is the existing conll2003_full
             baseline (the latest benchmarks/results/conll2003_full-*.json). SmolLM2 trained --train-steps
             AdamW steps on --train-len-token WikiText-2 train windows (wiki.valid.tokens when
             wiki.train.tokens is absent, as in ../shared/data today), window vs dense: loss after
@@ -290,34 +291,34 @@ def lm_train_row(spec: dict) -> dict:
             "peak_mb": peak_rss_mb()}
 
 
-def conll_row(args) -> list[dict]:
-    """The CoNLL recipe with a sqrt-window stage before training, and the dense baseline's metrics."""
-    from sparseft.config.recipe import load_recipe
+def conll_rows(args) -> list[dict]:
+    """The CoNLL recipe with a sparse_attention stage before training (one run per --conll-attention
+    spec), and the dense baseline's metrics."""
+    from sparseft.cli.attention_args import parse_attention
+    from sparseft.config.recipe import Stage, load_recipe
     from sparseft.pipeline import run
 
-    out = []
+    out, dense = [], None
     records = sorted(RESULTS.glob("conll2003_full-*.json"))       # benchmarks/run.py conll2003_full records
     if records:
         stages = json.loads(records[-1].read_text())["stages"]
-        out.append({"kind": "conll", "row": "dense (conll2003_full baseline)", "record": records[-1].name,
-                    "f1": stages.get("dev", {}).get("f1")})
-    recipe = load_recipe(ROOT / "recipes" / "minilm_conll2003_full.yaml",
-                         [f"output_dir=benchmarks/runs/conll2003_sparse_attention"])
-    from sparseft.config.recipe import Stage
-
-    recipe.stages.insert(0, Stage(name="attention", method="sparse_attention", params={"window": "sqrt"}))
-    t0 = time.perf_counter()
-    ctx = run(recipe, print_report=False, overwrite=True)
-    out.append({"kind": "conll", "row": "window_sqrt", "f1": ctx.state.get("dev", {}).get("f1"),
-                "seconds": time.perf_counter() - t0})
-    if len(out) == 2 and out[0].get("f1") is not None and out[-1]["f1"] is not None:
-        out[-1]["delta_f1"] = out[-1]["f1"] - out[0]["f1"]
+        dense = stages.get("dev", {}).get("f1")
+        out.append({"kind": "conll", "row": "dense (conll2003_full baseline)", "record": records[-1].name, "f1": dense})
+    for i, spec in enumerate(args.conll_attention):
+        recipe = load_recipe(ROOT / "recipes" / "minilm_conll2003_full.yaml",
+                             [f"output_dir=benchmarks/runs/conll2003_sparse_attention_{i}"])
+        recipe.stages.insert(0, Stage(name="attention", method="sparse_attention", params=parse_attention(spec)))
+        t0 = time.perf_counter()
+        ctx = run(recipe, print_report=False, overwrite=True)
+        f1 = ctx.state.get("dev", {}).get("f1")
+        out.append({"kind": "conll", "row": spec, "f1": f1, "seconds": time.perf_counter() - t0,
+                    **({"delta_f1": f1 - dense} if f1 is not None and dense is not None else {})})
     return out
 
 
 def finetune_rows(args) -> list[dict]:
     conll = _missing(args, "../shared/data/conll2003/eng.train")
-    out = [] if args.smoke else (conll or conll_row(args))
+    out = [] if args.smoke else (conll or conll_rows(args))
     if _missing(args, WIKI_VALID):
         return out + _missing(args, WIKI_VALID)
     common = {"part": "lm_train", "model": args.lm_model, "smoke": args.smoke, "train_len": args.train_len,
@@ -370,6 +371,9 @@ def main() -> int:
     p.add_argument("--lm-eval-windows", type=int, default=1, help="WikiText-2 windows per context length")
     p.add_argument("--decode-context", type=int, default=8192, help="prompt length for the decoding rows")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated in the decoding rows")
+    p.add_argument("--conll-attention", nargs="+", default=["window=sqrt"], metavar="SPEC",
+                   help="finetune part: one CoNLL run per --attention spec (~32 min each), e.g. window=sqrt "
+                        "window=sqrt,min_window=4,global_tokens=1")
     p.add_argument("--train-len", type=int, default=4096, help="tokens per SmolLM2 training window")
     p.add_argument("--train-steps", type=int, default=6, help="SmolLM2 AdamW steps per row")
     p.add_argument("--train-window", type=int, default=256, help="window (+4 sinks) of the SmolLM2 sparse row")
