@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sparseft.chat.launch import (ZERO_STAGES, in_launched_process, launch_command, launch_env,
                                   require_deepspeed, write_accelerate_config)
+from sparseft.cli.attention_args import add_attention_arg, attention_stages
 from sparseft.cli.common import HelpFormatter, add_model_arg, add_output_arg, add_overwrite_arg, resolve_model_arg
 from sparseft.train.defaults import DEFAULT_LR
 
@@ -120,6 +121,7 @@ def _add_sft_parser(sub) -> None:
     o.add_argument("--samples", type=int, default=0, help="generate replies for the first N eval prompts")
     o.add_argument("--max-new-tokens", type=int, default=64, help="reply length of the --samples (greedy)")
     o.add_argument("--no-save", action="store_true", help="full mode: do not save the fine-tuned model")
+    add_attention_arg(p)
     p.set_defaults(func=run_sft)
 
 
@@ -178,7 +180,7 @@ def build_recipe_dict(args: argparse.Namespace) -> dict:
                    lora_dim_for_density=args.lora_dim_for_density)
     evals = {"method": "chat_eval", "batch_size": args.eval_batch_size, "samples": args.samples,
              "generate": {"max_new_tokens": args.max_new_tokens}}
-    stages = [chat_data]
+    stages = [chat_data, *attention_stages(args)]
     if args.eval_before:
         stages.append({"name": "before", **evals, "samples": 0})
     stages += [sft, {"name": "after", **evals}]

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from sparseft.cli.attention_args import add_attention_arg, apply_attention_arg_
 from sparseft.cli.common import HelpFormatter, add_data_args, add_model_arg, data_dict, resolve_model_arg
 
 
@@ -20,6 +21,7 @@ def add_parser(sub) -> None:
                    help="eval batch size")
     p.add_argument("--cost", action="store_true", help="also measure size, latency and throughput")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    add_attention_arg(p)
     p.set_defaults(func=run)
 
 
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = DataConfig.from_dict({**{k: v for k, v in given.items() if k != "train"}})
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, cfg.task)
+    apply_attention_arg_(model, args)
     check_max_length(cfg, model)
     labels = model_labels(model) if cfg.task != "lm" else []
     data = build_eval_data(cfg, tokenizer, labels, args.data)

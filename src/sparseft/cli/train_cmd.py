@@ -14,6 +14,7 @@ import sys
 
 from sparseft.cli.common import (HelpFormatter, add_data_args, add_model_arg, add_output_arg, add_overwrite_arg,
                                  add_set_arg, data_dict, parse_options)
+from sparseft.cli.attention_args import add_attention_arg, attention_stages
 from sparseft.cli.flags import add_config_flags, config_values
 
 # TrainConfig fields with a flag; output_dir and seed are the run's (--output-dir, --seed).
@@ -54,6 +55,7 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("LoRA (--method lora; LoRAStageConfig)")
     add_config_flags(g, LoRAStageConfig, LORA_FIELDS, prefix="lora-")
     p.add_argument("--no-cost", action="store_true", help="skip latency/throughput measurement")
+    add_attention_arg(p)
     p.set_defaults(func=run)
 
 
@@ -108,5 +110,6 @@ def run(args: argparse.Namespace) -> int:
     lr = raw["stages"][0]["lr"]
     print(f"sparseft train: --method {args.method}, lr {lr:g}" + ("" if args.lr is not None else
           " (the method's default, sparseft/train/defaults.py)"), file=sys.stderr, flush=True)
+    raw["stages"][:0] = attention_stages(args)   # --attention: a sparse_attention stage before training
     run_recipe(Recipe.from_dict(raw), overwrite=args.overwrite)
     return 0
