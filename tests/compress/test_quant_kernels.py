@@ -205,3 +205,19 @@ def test_format_2_folder_with_onednn_loads_the_per_tensor_kernel_it_was_written_
     ids = torch.randint(7, 60, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, bert_ner.eval()(input_ids=ids).logits)
+
+
+def test_probe_falls_back_when_random_ids_cannot_run_the_model():
+    class NeedsMore(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"vocab_size": 50, "max_position_embeddings": 16})()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, input_ids, attention_mask, decoder_input_ids):
+            return self.lin(torch.zeros(1, 4))
+
+    model = NeedsMore()
+    assert probe_errors(model, [("lin", model.lin)], ["int_mm"]) is None
+    with pytest.raises(TypeError):  # given batches that do not fit are the caller's error
+        probe_errors(model, [("lin", model.lin)], ["int_mm"], batches=[{"input_ids": torch.ones(1, 3).long()}])

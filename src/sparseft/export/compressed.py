@@ -17,7 +17,8 @@ Tensor names reuse compressed-tensors' where the meaning matches: a quantized la
 `<fqn>.weight_packed` (uint8 codes, two 4-bit codes per byte, low nibble first, or one 8-bit
 code per byte), `<fqn>.weight_scale`, `<fqn>.weight_zero_point` and our `<fqn>.weight_codebook`
 / `weight_outlier_*`; dynamic int8 layers store int8 `<fqn>.weight_int8` + `<fqn>.weight_scale`,
-static int8 layers the same plus their calibrated `<fqn>.input_range` (f32 [2]). A
+static int8 layers the same plus their calibrated `<fqn>.input_range` (f32 [2]) and, when
+smoothed, `<fqn>.input_smooth` (f32 [in]). A
 tensor stored as a bitmask becomes `<name>.bitmask` (uint8 [rows, ceil(cols/8)], LSB first)
 plus `<name>.compressed` (the entries that are not zero, row-major; for integer codes "zero"
 is the code that decodes to 0, which is then restored on load). The byte layouts are ours
@@ -65,7 +66,7 @@ _QUANT_NAMES = {"qweight": "weight_packed", "scale": "weight_scale", "zero": "we
                 "codebook": "weight_codebook", "outlier_index": "weight_outlier_index",
                 "outlier_value": "weight_outlier_value", "bias": "bias"}
 _DYN_NAMES = {"weight_int8": "weight_int8", "weight_scale": "weight_scale", "input_range": "input_range",
-              "bias": "bias"}
+              "input_smooth": "input_smooth", "bias": "bias"}
 
 
 def _full_zero_code(module, rows: int, cols: int) -> torch.Tensor:
@@ -324,12 +325,15 @@ def _build_quant_module(fqn: str, entry: dict, meta: dict, stored: dict[str, tor
             warnings.warn(f"{fqn}: int8 backend {backend!r} is unavailable here; using 'auto'", RuntimeWarning,
                           stacklevel=3)
             backend = "auto"
+        extra = {"smooth": entry.get("smooth", False)} if static else {}
         cls = StaticInt8Linear if static else DynamicInt8Linear
-        layer = cls(entry["in_features"], entry["out_features"], bias=entry["bias"], backend=backend)
+        layer = cls(entry["in_features"], entry["out_features"], bias=entry["bias"], backend=backend, **extra)
         layer.weight_int8.copy_(get("weight_int8" if meta["format_version"] >= 2 else "weight"))
         layer.weight_scale.copy_(get("weight_scale"))
         if static:
             layer.input_range.copy_(get("input_range"))
+            if layer.input_smooth is not None:
+                layer.input_smooth.copy_(get("input_smooth"))
         if layer.bias is not None:
             layer.bias.copy_(get("bias"))
         return layer

@@ -93,10 +93,12 @@ def layer_shapes(linears: list[tuple[str, nn.Linear]]) -> list[tuple[nn.Linear, 
 def _probe_batches(model: nn.Module, batches) -> list[dict] | None:
     if batches:
         return [{k: v for k, v in b.items() if k != "labels"} for b in list(batches)[:2]]
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
     if not vocab:
         return None
-    ids = torch.randint(min(7, vocab - 1), vocab, PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
+    shape = (PROBE_SHAPE[0], min(PROBE_SHAPE[1], getattr(config, "max_position_embeddings", None) or PROBE_SHAPE[1]))
+    ids = torch.randint(min(7, vocab - 1), vocab, shape, generator=torch.Generator().manual_seed(0))
     return [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]
 
 
@@ -121,7 +123,8 @@ def probe_errors(model: nn.Module, linears: list[tuple[str, nn.Linear]], candida
     `token_sqnr_db` per layer (the lowest over probe batches), then the worst and median layer.
 
     Returns {kernel: {"worst_db", "median_db", "worst_layer"}, "probe": what was fed} or None when
-    the model cannot be run on a probe (no batches and no config.vocab_size).
+    the model cannot be run on a probe (no batches, and no config.vocab_size or random token ids
+    are not enough input for its forward).
     """
     from sparseft.compress.quantize.dynamic import DynamicInt8Linear
 
@@ -144,6 +147,10 @@ def probe_errors(model: nn.Module, linears: list[tuple[str, nn.Linear]], candida
     try:
         for batch in probe:
             model(**{k: v.to(device) for k, v in batch.items()})
+    except (TypeError, ValueError):
+        if batches:
+            raise
+        return None  # the model needs other inputs (e.g. an encoder-decoder): Gaussian fallback
     finally:
         for h in handles:
             h.remove()
