@@ -43,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("kernel", "lm", "finetune")
+SUBPARTS = ("conll", "lm_train")  # the two halves of finetune, runnable alone
 SHAPES = {"smollm2": dict(heads=9, kv_heads=3, dim=64, causal=True),
           "minilm": dict(heads=12, kv_heads=12, dim=32, causal=False)}
 WIKI_VALID = "../shared/data/wikitext2/wiki.valid.tokens"
@@ -316,9 +317,16 @@ def conll_rows(args) -> list[dict]:
     return out
 
 
+def conll_part_rows(args) -> list[dict]:
+    return [] if args.smoke else (_missing(args, "../shared/data/conll2003/eng.train") or conll_rows(args))
+
+
 def finetune_rows(args) -> list[dict]:
-    conll = _missing(args, "../shared/data/conll2003/eng.train")
-    out = [] if args.smoke else (conll or conll_rows(args))
+    return conll_part_rows(args) + lm_train_rows(args)
+
+
+def lm_train_rows(args) -> list[dict]:
+    out: list[dict] = []
     if _missing(args, WIKI_VALID):
         return out + _missing(args, WIKI_VALID)
     common = {"part": "lm_train", "model": args.lm_model, "smoke": args.smoke, "train_len": args.train_len,
@@ -356,7 +364,8 @@ def child(spec_file: str, out_file: str) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts (default: all)")
+    p.add_argument("--only", nargs="+", choices=PARTS + SUBPARTS,
+                   help="run only these parts (default: all; conll / lm_train: one half of finetune)")
     p.add_argument("--smoke", action="store_true", help="tiny random models and lengths; record under benchmarks/runs/")
     p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096, 8192, 16384],
                    help="kernel part sequence lengths")
@@ -394,7 +403,8 @@ def main() -> int:
     for part in args.only or PARTS:
         print(f"[{part}]", flush=True)
         t0 = time.perf_counter()
-        rows = {"kernel": kernel_rows, "lm": lm_rows, "finetune": finetune_rows}[part](args)
+        rows = {"kernel": kernel_rows, "lm": lm_rows, "finetune": finetune_rows, "conll": conll_part_rows,
+                "lm_train": lm_train_rows}[part](args)
         record = {"experiment": f"attention_{part}", "command": " ".join(["python", "benchmarks/bench_attention.py",
                                                                            *sys.argv[1:]]),
                   "description": f"sparse attention (issue 10), part {part}; CPU units: {detect().summary()}",

@@ -1,0 +1,118 @@
+"""Held-out sweep behind the per-method default learning rates (issues 14 item 6, 16 item 1).
+
+Never dev, never test: every row trains on a fixed subset of CoNLL-2003 *train* and is scored
+on a seeded 10% slice of *train* held out from it (DataConfig eval_fraction=0.1, split_seed=0:
+1,404 sentences). The same budget for every method: the first --train-limit (default 2,000) of
+the remaining sentences, --epochs (default 3) epochs, batch 32, warm-up 10%, weight decay 0.01,
+one run per learning rate of the grid below (same grid size for sparse fine-tuning and LoRA).
+
+Rows (MiniLM, entity F1 on the held-out slice):
+  full   full fine-tuning                                  lr in --grid-full
+  sft    sparse fine-tuning, fisher mask, density 1%       lr in --grid-sft
+  lora   LoRA at the same trainable count (rank_for_density 0.01)   lr in --grid-lora
+
+    python benchmarks/sweep_defaults.py                      # every row (9 rows, ~25 min on 2 idle cores)
+    python benchmarks/sweep_defaults.py --only sft lora      # some methods
+    python benchmarks/sweep_defaults.py --smoke              # seconds, not a result
+
+Each row runs in its own process. Record: benchmarks/results/sweep_defaults-<UTC stamp>.json
+(rows + the best lr per method); run folders under benchmarks/runs/sweep/<stamp>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "conll2003" / "eng.train"
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "runs" / "sweep"
+GRIDS = {"sft": (1e-3, 3e-3, 1e-2), "lora": (1e-3, 3e-3, 1e-2), "full": (5e-5, 1e-4, 2e-4)}
+
+
+def stage_for(method: str, lr: float, args) -> dict:
+    common = {"name": "finetune", "epochs": args.epochs, "batch_size": 32, "lr": lr, "warmup_ratio": 0.1,
+              "weight_decay": 0.01, "resume": False}
+    if method == "full":
+        return {**common, "method": "train"}
+    if method == "sft":
+        return {**common, "method": "sft", "mask": "fisher", "density": 0.01}
+    return {**common, "method": "lora", "rank_for_density": 0.01}
+
+
+def run_row(method: str, lr: float, out: Path, args) -> dict:
+    from sparseft.config.recipe import Recipe
+    from sparseft.pipeline import run as run_recipe
+
+    data = {"task": "ner", "train": str(args.train), "eval": "", "eval_fraction": 0.1, "split_seed": 0,
+            "train_limit": args.train_limit, "max_length": 128}
+    if args.smoke:
+        data["eval_limit"] = 32
+    recipe = {"model": args.model, "data": data, "output_dir": str(out), "seed": 42,
+              "stages": [stage_for(method, lr, args), {"name": "heldout", "method": "eval", "cost": False}]}
+    t0 = time.perf_counter()
+    ctx = run_recipe(Recipe.from_dict(recipe))
+    s = ctx.report.sections
+    return {"method": method, "lr": lr, "heldout_f1": s["heldout"]["f1"], "steps": s["finetune"].get("steps"),
+            "seconds_per_step": s["finetune"].get("seconds_per_step"),
+            "trainable_params": s["finetune"].get("trainable_params"), "wall_seconds": time.perf_counter() - t0,
+            "run_dir": str(out.relative_to(ROOT))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=list(GRIDS), help="methods to sweep (default: all)")
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--train", default=str(DATA))
+    p.add_argument("--train-limit", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="tiny limits; record under benchmarks/runs/")
+    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    os.chdir(ROOT)
+    if args.smoke:
+        args.train_limit, args.epochs = 64, 1
+    if args.child:
+        method, lr, out = args.child
+        row = run_row(method, float(lr), Path(out), args)
+        Path(out, "row.json").write_text(json.dumps(row, indent=2) + "\n")
+        return 0
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    rows = []
+    for method in args.only or list(GRIDS):
+        for lr in GRIDS[method][:1] if args.smoke else GRIDS[method]:
+            out = RUNS / stamp / f"{method}-lr{lr:g}"
+            cmd = [sys.executable, __file__, "--child", method, repr(lr), str(out), "--model", args.model,
+                   "--train", args.train, "--train-limit", str(args.train_limit), "--epochs", str(args.epochs)]
+            rc = subprocess.call(cmd + (["--smoke"] if args.smoke else []))
+            row = json.loads((out / "row.json").read_text()) if rc == 0 else {"method": method, "lr": lr, "error": rc}
+            rows.append(row)
+            print(json.dumps(row))
+    from sparseft.utils.env import describe_environment
+    from sparseft.utils.hardware import detect
+
+    best = {}
+    for row in rows:
+        if "heldout_f1" in row and row["heldout_f1"] > best.get(row["method"], {}).get("heldout_f1", -1):
+            best[row["method"]] = {"lr": row["lr"], "heldout_f1": row["heldout_f1"]}
+    record = {"experiment": "sweep_defaults", "command": "python benchmarks/sweep_defaults.py "
+              + " ".join(sys.argv[1:]), "date": stamp, "env": describe_environment(), "hardware": detect().to_dict(), "data": {"train": "CoNLL-2003 eng.train minus a seeded 10% held-out slice "
+              f"(split_seed 0), first {args.train_limit} sentences", "score": "entity F1 on the held-out slice "
+              "of train (never dev)"}, "epochs": args.epochs, "rows": rows, "best": best}
+    dest = (RUNS / stamp) if args.smoke else RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"sweep_defaults-{stamp}.json"
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
