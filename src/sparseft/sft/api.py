@@ -17,7 +17,7 @@ Steps, top to bottom:
      densely trainable; targeted weights become `SparseDelta` wrappers (values [k] + indices).
   3. train with the foundation loop (`sparseft.train.loop.train`): its optimizer only sees the
      value vectors and the heads, so gradients and AdamW state are O(k); `regrow` adds its
-     drop/regrow `post_step` hook.
+     drop/regrow `post_step` hook, `spiel_ag` / `spiel_ma` their reselection hook (sft/spiel.py).
   4. extract the SparseDiff (sorted indices, deltas, W0 at those positions, dense heads, manifest
      with the base fingerprint), then merge: the model leaves as plain modules with
      W = W0 + delta, every unselected entry bit-identical to W0.
@@ -43,10 +43,12 @@ from sparseft.export.sparse_diff import SparseDiff
 from sparseft.masks.config import DEFAULT_HEADS, MaskConfig
 from sparseft.masks.mask import Masks
 from sparseft.masks.regrow import RegrowMaskConfig
+from sparseft.masks.spiel import SpielMaskConfig
 from sparseft.masks.select import select_masks, target_parameters
 from sparseft.registry import REGISTRY
 from sparseft.sft.layer import SparseDelta, merge_sparse_, sparsify_indices_
 from sparseft.sft.regrow import RegrowHook, track_optimizer
+from sparseft.sft.spiel import SpielHook
 from sparseft.train.checkpoint import (CheckpointError, checkpoint_dir, has_checkpoint, prepare_run_dir,
                                        read_checkpoint_state)
 from sparseft.train.config import TrainConfig
@@ -68,7 +70,8 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         model: a transformers (or any torch) model; left with the trained weights merged.
         train_data: tokenized features (see sparseft.load.tokenize); collate_fn pads them.
         train_cfg: the loop's TrainConfig (output_dir holds checkpoints and the saved masks).
-        mask_cfg: a registered mask config (random, magnitude, fisher, lottery, regrow).
+        mask_cfg: a registered mask config (random, magnitude, fisher, lottery, regrow, spiel_ag,
+            spiel_ma).
         eval_fn / metric / loss_fn: as for `sparseft.train.loop.train`.
         base_id: base model name for the diff's manifest (default: config._name_or_path).
         heads: module patterns trained densely and stored densely in the diff (default:
@@ -117,7 +120,9 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
 
     # 3. train: the optimizer sees only the value vectors and the heads ------------------------
     hooks = ([RegrowHook(layers, mask_cfg, stop_at=planned_steps(train_data, train_cfg))]
-             if isinstance(mask_cfg, RegrowMaskConfig) else [])
+             if isinstance(mask_cfg, RegrowMaskConfig) else
+             [SpielHook(layers, mask_cfg, total_steps=planned_steps(train_data, train_cfg))]
+             if isinstance(mask_cfg, SpielMaskConfig) else [])
     for hook in hooks if resuming else ():
         hook.resume_at(int(saved.get("loop", {}).get("step", 0)))  # the window open at the checkpoint
     groups = sparse_param_groups(layers, head_params, train_cfg.weight_decay)
