@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "sft"
-MASKS = ("random", "magnitude", "fisher", "lottery", "regrow")
+MASKS = ("random", "magnitude", "fisher", "lottery", "regrow", "spiel_ag", "spiel_ma")
 DENSITIES = (0.1, 0.01, 0.001)
 TASKS = {
     "conll": {"task": "ner", "train": str(DATA / "conll2003" / "eng.train"),
@@ -98,11 +98,15 @@ def sft_mask(method: str, density: float, args):
     from sparseft.masks.select import mask_config
 
     options = {"fisher": {"n_batches": 64}, "lottery": {"steps": 300, "lr": args.lr_full},
-               "regrow": {"every": 100, "grad_window": 10, "init": "random"}}.get(method, {})
+               "regrow": {"every": 100, "grad_window": 10, "init": "random"},
+               # SpIEL: its defaults (R = 20, rate 0.2 decaying linearly, A = 5), fisher init as the fisher row
+               "spiel_ag": {"n_batches": 64}, "spiel_ma": {"n_batches": 64}}.get(method, {})
     if args.smoke:
         options = {k: min(v, 2) if isinstance(v, int) else v for k, v in options.items()}
         if method == "regrow":
             options.update(every=2, grad_window=1)
+        if method.startswith("spiel_"):
+            options.update(interval=2, **({"accumulation_steps": 1} if method == "spiel_ag" else {}))
     return mask_config(method, density=density, **options)
 
 

@@ -277,3 +277,36 @@ def test_cli_sft_with_spiel_ag(tiny_bert_dir, tmp_path):
     manifest = json.loads((out / "diff" / "manifest.json").read_text())
     assert manifest["method"]["_type"] == "SpielAGMaskConfig"
     assert [h["step"] for h in manifest["regrow_history"]] == [2]
+
+
+def test_spiel_runs_inside_trainer(tiny_bert_dir, tmp_path):
+    """The peft integration: SparseFTCallback runs the same SpielHook with the Trainer's optimizer."""
+    pytest.importorskip("peft")
+    from peft import get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from sparseft.integrations import SparseFTCallback, SparseFTConfig, sparseft_layers
+
+    class Tokens(torch.utils.data.Dataset):
+        def __init__(self):
+            self.ids = torch.randint(5, 60, (32, 8), generator=torch.Generator().manual_seed(0))
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.ids[i] % 3}
+
+    model = get_peft_model(ner_model(tiny_bert_dir, ["O", "B-PER", "I-PER"]),
+                           SparseFTConfig(density=0.05, mask="spiel_ma", task_type="TOKEN_CLS",
+                                          mask_options={"interval": 2, "init": "random"}))
+    before = {n: layer.sparseft_indices["default"].clone() for n, layer in sparseft_layers(model).items()}
+    callback = SparseFTCallback()
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=8,
+                             learning_rate=2e-2, report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+                             save_strategy="no", lr_scheduler_type="constant", warmup_steps=0)
+    Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback]).train()
+    assert [h["step"] for h in callback.history] == [2, 4] and all(h["replaced"] > 0 for h in callback.history)
+    after = {n: layer.sparseft_indices["default"] for n, layer in sparseft_layers(model).items()}
+    assert all(after[n].numel() == before[n].numel() == after[n].unique().numel() for n in before)
+    assert any(not torch.equal(before[n].sort().values, after[n].sort().values) for n in before)

@@ -63,7 +63,7 @@ class SparseFTConfig(PeftConfig):
         match_lora_rank: tune as many entries as LoRA of this rank would have parameters.
         mask: registered mask method: random, magnitude (data-free: chosen in get_peft_model),
             fisher, lottery (data-driven: chosen at the start of training by `SparseFTCallback`)
-            or regrow (drop/regrow during training, also through the callback).
+            or regrow, spiel_ag, spiel_ma (drop/regrow during training, also through the callback).
         mask_options: extra fields of the mask method, e.g. {"n_batches": 8} (fisher),
             {"steps": 50, "lr": 1e-4} (lottery), {"every": 100, "drop_fraction": 0.1} (regrow).
         allocation: "global" (one top-k over all targets) or "per_tensor".
@@ -81,7 +81,8 @@ class SparseFTConfig(PeftConfig):
     density: Optional[float] = field(default=None, metadata={"help": "fraction of targeted entries to tune"})
     count: Optional[int] = field(default=None, metadata={"help": "exact number of entries to tune"})
     match_lora_rank: Optional[int] = field(default=None, metadata={"help": "tune as many entries as LoRA rank r"})
-    mask: str = field(default="magnitude", metadata={"help": "random | magnitude | fisher | lottery | regrow"})
+    mask: str = field(default="magnitude",
+                      metadata={"help": "random | magnitude | fisher | lottery | regrow | spiel_ag | spiel_ma"})
     mask_options: dict = field(default_factory=dict, metadata={"help": "extra fields of the mask method"})
     allocation: str = field(default="global", metadata={"help": "global | per_tensor"})
     target_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "peft targets"})

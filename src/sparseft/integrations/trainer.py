@@ -14,8 +14,9 @@ What it does, in Trainer's order:
   * `on_save`: the checkpoint's README.md becomes sparseft's adapter model card (how to load it,
     the base fingerprint, the last training loss) instead of peft's empty template.
   * `on_step_end` (after each optimizer step, `state.global_step` 1-based): the regrow mask's
-    drop/regrow hook, `sparseft.sft.regrow.RegrowHook`, the same one sparseft's own loop runs,
-    with the Trainer's optimizer for resetting the state of regrown entries.
+    drop/regrow hook, `sparseft.sft.regrow.RegrowHook` (spiel_ag / spiel_ma:
+    `sparseft.sft.spiel.SpielHook`, its rate decaying over `state.max_steps`), the same one
+    sparseft's own loop runs, with the Trainer's optimizer for resetting the state of regrown entries.
 
 Resuming (`trainer.train(resume_from_checkpoint=...)`) loads the saved indices before
 `on_train_begin`, so selection is not redone. Selection from the callback is single-process:
@@ -38,7 +39,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from sparseft.integrations.peft_method import (peft_sparseft_config, pending_adapters,
                                                select_sparseft_masks_, sparseft_layers)
 from sparseft.masks.regrow import RegrowMaskConfig
+from sparseft.masks.spiel import SpielMaskConfig
 from sparseft.sft.regrow import RegrowHook
+from sparseft.sft.spiel import SpielHook
 
 
 def forward_loss(model: torch.nn.Module) -> Callable[[torch.nn.Module, dict], torch.Tensor]:
@@ -72,7 +75,7 @@ class SparseFTCallback(TrainerCallback):
     def __init__(self, adapter_name: str = "default", loss_fn: Callable | None = None) -> None:
         self.adapter_name = adapter_name
         self.loss_fn = loss_fn
-        self.regrow: RegrowHook | None = None
+        self.regrow: RegrowHook | SpielHook | None = None
         self.selected: dict[str, int] = {}
 
     @property
@@ -97,6 +100,10 @@ class SparseFTCallback(TrainerCallback):
             slots = {name: layer.slot(self.adapter_name)
                      for name, layer in sparseft_layers(model, self.adapter_name).items()}
             self.regrow = RegrowHook(slots, cfg, stop_at=state.max_steps or None)
+        elif isinstance(cfg, SpielMaskConfig):
+            slots = {name: layer.slot(self.adapter_name)
+                     for name, layer in sparseft_layers(model, self.adapter_name).items()}
+            self.regrow = SpielHook(slots, cfg, total_steps=state.max_steps)
         return control
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):

@@ -5,7 +5,7 @@
                                    collate_fn=PadCollator(pad_id))
 
 `layer.py` is the memory-lean parametrisation (values [k] + indices [k] per weight), `regrow.py`
-the drop/regrow hook, `api.py` the function above, `stage.py` the recipe stage `sft`,
+the drop/regrow hook, `spiel.py` the SpIEL reselection hook (spiel_ag, spiel_ma), `api.py` the function above, `stage.py` the recipe stage `sft`,
 `sharded_select.py` mask selection from per-shard scores under `distributed=fsdp`.
 """
 

@@ -22,7 +22,8 @@ Conv1D, ...) use a generic path (`torch.func.functional_call` with the merged we
 correct but keeps the merged weight for backward.
 
 Regrow support: when `acc_grad` is a dense fp32 tensor (set by `RegrowHook` during its gradient
-window), the backward pass adds the dense weight gradient into it.
+window), the backward pass adds the dense weight gradient into it (`acc_grad += grad_w`; an
+object with `__iadd__` works too: spiel_ma's SM3 row/column accumulators, sft/spiel.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ merged model in the run context (a following `save` stage writes it as a plain c
     stages:
       - name: finetune
         method: sft
-        mask: fisher            # random | magnitude | fisher | lottery | regrow
+        mask: fisher            # random | magnitude | fisher | lottery | regrow | spiel_ag | spiel_ma
         density: 0.01           # or count: 100000, or match_lora_rank: 8
         allocation: global      # or per_tensor
         mask_options: {n_batches: 64}
@@ -42,7 +42,7 @@ class SFTConfig(TrainConfig):
     """TrainConfig fields plus the mask. Args:
         lr: peak learning rate; the default is sparse fine-tuning's (DEFAULT_LR["sft"],
             sparseft/train/defaults.py).
-        mask: registered mask method (random, magnitude, fisher, lottery, regrow).
+        mask: registered mask method (random, magnitude, fisher, lottery, regrow, spiel_ag, spiel_ma).
         density / count / match_lora_rank: the budget (at most one; default density 0.01).
         allocation: "global" or "per_tensor".
         targets / ignore: module patterns (None: the mask config's defaults, Linear minus heads).
