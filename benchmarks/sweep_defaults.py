@@ -73,6 +73,8 @@ def main() -> int:
     p.add_argument("--train", default=str(DATA))
     p.add_argument("--train-limit", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lrs", nargs="+", type=float, help="learning rates to run instead of the method's grid "
+                   "(to extend a grid whose best value sits at its edge)")
     p.add_argument("--smoke", action="store_true", help="tiny limits; record under benchmarks/runs/")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -87,7 +89,7 @@ def main() -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     rows = []
     for method in args.only or list(GRIDS):
-        for lr in GRIDS[method][:1] if args.smoke else GRIDS[method]:
+        for lr in GRIDS[method][:1] if args.smoke else (args.lrs or GRIDS[method]):
             out = RUNS / stamp / f"{method}-lr{lr:g}"
             cmd = [sys.executable, __file__, "--child", method, repr(lr), str(out), "--model", args.model,
                    "--train", args.train, "--train-limit", str(args.train_limit), "--epochs", str(args.epochs)]
@@ -102,7 +104,7 @@ def main() -> int:
     for row in rows:
         if "heldout_f1" in row and row["heldout_f1"] > best.get(row["method"], {}).get("heldout_f1", -1):
             best[row["method"]] = {"lr": row["lr"], "heldout_f1": row["heldout_f1"]}
-    record = {"experiment": "sweep_defaults", "command": "python benchmarks/sweep_defaults.py "
+    record = {"experiment": "sweep_defaults_extra" if args.lrs else "sweep_defaults", "command": "python benchmarks/sweep_defaults.py "
               + " ".join(sys.argv[1:]), "date": stamp, "env": describe_environment(), "hardware": detect().to_dict(), "data": {"train": "CoNLL-2003 eng.train minus a seeded 10% held-out slice "
               f"(split_seed 0), first {args.train_limit} sentences", "score": "entity F1 on the held-out slice "
               "of train (never dev)"}, "epochs": args.epochs, "rows": rows, "best": best}

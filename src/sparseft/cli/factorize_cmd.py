@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
     t.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=int, default=0,
                    help="fine-tuning epochs after factorizing (0: none)")
     add_config_flags(t, FactorizeFinetuneConfig, ["lr", "batch_size", "teacher"], defaults={"lr": None},
-                     help_extra={"lr": f"Default: full fine-tuning's, {DEFAULT_LR['train']:g}."})
+                     help_extra={"lr": f"Default: recovery fine-tuning's, {DEFAULT_LR['recovery']:g}."})
     t.add_argument("--sparse-density", type=float,
                    help="train only this fraction of the factor entries (sparse fine-tuning engine)")
     t.add_argument("--no-distill", action="store_true", help="fine-tune without knowledge distillation")

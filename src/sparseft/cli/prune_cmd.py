@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
     g.add_argument("--schedule", choices=["oneshot", "cubic"], default="oneshot",
                    help="oneshot: prune then fine-tune with fixed masks; cubic: prune gradually while fine-tuning")
     add_config_flags(g, PruneFinetuneConfig, ["lr", "batch_size", "teacher"], defaults={"lr": None},
-                     help_extra={"lr": f"Default: full fine-tuning's, {DEFAULT_LR['train']:g}."})
+                     help_extra={"lr": f"Default: recovery fine-tuning's, {DEFAULT_LR['recovery']:g}."})
     g.add_argument("--no-distill", action="store_true", help="fine-tune without knowledge distillation")
     p.add_argument("--seed", type=int, default=42, help="random seed")
     p.add_argument("--no-cost", action="store_true", help="skip size/latency/throughput measurement")

@@ -27,7 +27,7 @@ same global batch (ties in position order, exactly as `topk_masks` breaks them):
                each rank's rows, so the host weights stay W0 (nothing to rewind) and the score is
                |W_local - W0 rows|. Memory: full fine-tuning's, 1/N per rank. Equal to 1 process up
                to the rounding of the reductions, which AdamW can amplify on a few near-tied entries.
-    regrow     refused with one line (`REFUSED`): its post-step hook edits whole weights.
+    regrow, spiel_ag, spiel_ma   refused with one line (`REFUSED`): their post-step hooks edit whole weights.
 
 Another registered mask method has no sharded scorer: `sparse_finetune` then selects on the host
 copy (`select_masks`, rank 0's masks broadcast) and warns once.
@@ -58,6 +58,9 @@ _CHUNK = 1 << 20  # random draws discarded per step while skipping other ranks' 
 REFUSED = {
     "regrow": "mask=regrow cannot run under distributed=fsdp: its drop/regrow post_step hook edits whole "
               "weights, which are sharded; use mask=fisher or magnitude, or distributed=ddp",
+    **{m: f"mask={m} cannot run under distributed=fsdp: its reselection hook reads dense gradients and "
+          "moves entries of whole weights, which are sharded; use mask=fisher or magnitude, or distributed=ddp"
+       for m in ("spiel_ag", "spiel_ma")},
 }
 
 

@@ -35,6 +35,7 @@ from sparseft.config.base import BaseConfig, save_config
 from sparseft.eval.cost import stage_cost
 from sparseft.registry import REGISTRY, register_method
 from sparseft.train.config import TrainConfig
+from sparseft.train.defaults import DEFAULT_LR
 from sparseft.utils.io import atomic_write_json
 
 MODES = ("full", "sparse")
@@ -161,6 +162,7 @@ class FactorizeFinetuneConfig(TrainConfig):
     calib_samples: int = 128
     calib_batch_size: int = 8
     baseline: bool = True
+    lr: float = DEFAULT_LR["recovery"]
     mode: str = "full"
     mask: str = "magnitude"
     density: float = 0.1

@@ -41,6 +41,7 @@ from sparseft.config.base import BaseConfig, save_config
 from sparseft.eval.cost import stage_cost
 from sparseft.registry import REGISTRY, register_method
 from sparseft.train.config import TrainConfig
+from sparseft.train.defaults import DEFAULT_LR
 from sparseft.train.identity import recipe_inputs
 from sparseft.utils.io import atomic_write_json
 
@@ -153,6 +154,7 @@ class PruneFinetuneConfig(TrainConfig):
         cost / seq_len / repeats: cost measurement before and after.
     """
 
+    lr: float = DEFAULT_LR["recovery"]
     pruner: str = "magnitude"
     pruner_args: dict = field(default_factory=dict)
     schedule: str = "cubic"
