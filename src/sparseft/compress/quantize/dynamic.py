@@ -249,7 +249,7 @@ class DynamicInt8Config(BaseConfig):
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check_targets(self.targets, self.ignore)
 
-    def resolve(self, model: nn.Module, *, batches=None, hw=None, time_fn=None, errors=None
+    def resolve(self, model: nn.Module, *, batches=None, hw=None, time_fn=None, errors=None, model_times=None
                 ) -> tuple["DynamicInt8Config", dict | None]:
         """This config with backend 'auto' replaced by the fastest kernel that passes the error
         gate on `model`'s targeted layers, plus the full measurement (None when the backend was
@@ -258,17 +258,19 @@ class DynamicInt8Config(BaseConfig):
         if self.backend != "auto":
             return self, None
         choice = choose_kernel(model, self.targets, self.ignore, batches=batches, hw=hw, time_fn=time_fn,
-                               errors=errors)
+                               errors=errors, model_times=model_times)
         from sparseft.compress.quantize.kernels import choice_summary
 
         return self.replace(backend=choice["choice"], kernel_choice=choice_summary(choice)), choice
 
 
 def choose_kernel(model: nn.Module, targets: list[str], ignore: list[str], *, batches=None, hw=None,
-                  time_fn=None, errors=None) -> dict:
-    """Measure the candidate int8 kernels of this CPU on the model's layer shapes and check
-    their error on the model's activations (kernels.py)."""
+                  time_fn=None, errors=None, model_times: dict | None = None) -> dict:
+    """Measure the candidate int8 kernels of this CPU on the model's layer shapes, check their
+    error on the model's activations (kernels.py), then time the passing ones on the whole model
+    (model_timing.py; skipped when `time_fn` is injected, unless `model_times` is given too)."""
     from sparseft.compress.quantize.kernels import candidate_kernels, measure_kernels, probe_errors
+    from sparseft.compress.quantize.model_timing import refine_choice, time_kernels_on_model
     from sparseft.utils.hardware import detect
 
     hw = hw or detect()
@@ -278,6 +280,11 @@ def choose_kernel(model: nn.Module, targets: list[str], ignore: list[str], *, ba
     if errors is None:
         errors = probe_errors(model, linears, candidates, batches=batches)
     choice = measure_kernels(linears, candidates, time_fn=time_fn, errors=errors)
+    passed = [k for k, r in choice["candidates"].items() if r["passed"]]
+    if model_times is None and time_fn is None and len(passed) > 1:
+        model_times = time_kernels_on_model(model, linears, passed)
+    if model_times:
+        choice = refine_choice(choice, model_times)
     return {**choice, "hardware_class": hw.hardware_class}
 
 

@@ -24,6 +24,10 @@ Three steps:
      25 dB on every layer where some kernel reaches it, else within 3 dB of the most accurate
      kernel. The fastest kernel that passes wins. Without a probe (no model forward) the error
      is measured on Gaussian inputs, which only catches broken kernels.
+  4. `model_timing.time_kernels_on_model`: where more than one kernel passes and the model runs
+     on random token ids, the passing kernels are timed on the whole model (batch 1 x 64 and
+     32 x 64) and the fastest there wins: the layer micro-benchmark does not predict whole-model
+     speed well enough (MiniLM: int_mm and onednn equal in it, 0.99x vs 1.22x fp32 whole-model).
 
 The result is returned (and, through the quantize stage, logged and saved in the resolved
 config and config.json), never kept in module state: call it again on another machine and it
@@ -227,5 +231,8 @@ def choice_summary(choice: dict) -> dict:
     return {"choice": choice["choice"], "reason": choice["reason"], "hardware_class": choice.get("hardware_class"),
             "gate_db": round(choice["gate_db"], 2), "probe": choice["probe"],
             "candidates": {k: {"relative_time": round(r["relative_time"], 3), "worst_layer_sqnr_db": round(r["sqnr_db"], 2),
-                               "median_sqnr_db": round(r["median_sqnr_db"], 2), "passed": r["passed"]}
-                           for k, r in choice["candidates"].items()}}
+                               "median_sqnr_db": round(r["median_sqnr_db"], 2), "passed": r["passed"],
+                               **({"model_relative_time": round(r["model_relative_time"], 3)}
+                                  if r.get("model_relative_time") is not None else {})}
+                           for k, r in choice["candidates"].items()},
+            "timing": choice.get("timing", "layers")}
