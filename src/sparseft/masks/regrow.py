@@ -61,7 +61,9 @@ class RegrowMaskConfig(MaskConfig):
         return self.n_batches if self.init == "fisher" else 0
 
 
-def regrow_scores(model, params: dict, cfg: RegrowMaskConfig, *, batches=None, loss_fn=None) -> dict:
+def initial_scores(model, params: dict, cfg, *, batches=None, loss_fn=None) -> dict:
+    """Scores of the initial selection of the drop/regrow methods (regrow, spiel_ag, spiel_ma):
+    `cfg.init` random / magnitude / fisher; reselection happens during training."""
     if cfg.init == "random":
         return random_scores(model, params, RandomMaskConfig(seed=cfg.seed))
     if cfg.init == "magnitude":
@@ -69,5 +71,5 @@ def regrow_scores(model, params: dict, cfg: RegrowMaskConfig, *, batches=None, l
     return gradient_scores(model, params, batches, cfg.n_batches, loss_fn)
 
 
-register_method(kind="mask", name="regrow", config_cls=RegrowMaskConfig, apply_fn=regrow_scores,
+register_method(kind="mask", name="regrow", config_cls=RegrowMaskConfig, apply_fn=initial_scores,
                 description="dynamic drop (smallest |delta|) and regrow (largest gradients), SpIEL-style")

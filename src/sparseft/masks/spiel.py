@@ -34,9 +34,7 @@ import math
 from dataclasses import dataclass
 
 from sparseft.masks.config import MaskConfig
-from sparseft.masks.fisher import gradient_scores
-from sparseft.masks.magnitude import magnitude_scores
-from sparseft.masks.random import RandomMaskConfig, random_scores
+from sparseft.masks.regrow import initial_scores
 from sparseft.registry import register_method
 
 INITS = ("random", "magnitude", "fisher")
@@ -133,16 +131,7 @@ class SpielMAMaskConfig(SpielMaskConfig):
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
 
 
-def spiel_scores(model, params: dict, cfg: SpielMaskConfig, *, batches=None, loss_fn=None) -> dict:
-    """Scores of the initial selection (`cfg.init`); reselection happens during training."""
-    if cfg.init == "random":
-        return random_scores(model, params, RandomMaskConfig(seed=cfg.seed))
-    if cfg.init == "magnitude":
-        return magnitude_scores(model, params, cfg)
-    return gradient_scores(model, params, batches, cfg.n_batches, loss_fn)
-
-
-register_method(kind="mask", name="spiel_ag", config_cls=SpielAGMaskConfig, apply_fn=spiel_scores,
+register_method(kind="mask", name="spiel_ag", config_cls=SpielAGMaskConfig, apply_fn=initial_scores,
                 description="SpIEL-AG: drop smallest |delta|, regrow by accumulated gradients, decaying rate")
-register_method(kind="mask", name="spiel_ma", config_cls=SpielMAMaskConfig, apply_fn=spiel_scores,
+register_method(kind="mask", name="spiel_ma", config_cls=SpielMAMaskConfig, apply_fn=initial_scores,
                 description="SpIEL-MA: drop smallest |delta|, regrow by SM3 row/column gradient estimates")
