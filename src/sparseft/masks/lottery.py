@@ -43,28 +43,34 @@ class LotteryMaskConfig(MaskConfig):
         return self.steps
 
 
+def dense_phase_(model, batches, cfg: LotteryMaskConfig, loss_fn, device) -> None:
+    """Lottery's dense phase: AdamW on every parameter that requires grad, linear warm-up over the
+    first 10% of `cfg.steps`, gradient clipping at 1.0; one step per batch (model left in train mode)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    model.train()
+    for batch in batches:
+        loss = loss_fn(model, to_device(batch, device))
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"lottery dense phase diverged (loss {loss.item()}); lower `lr` ({cfg.lr})")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        sched.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
 def lottery_scores(model, params: dict, cfg: LotteryMaskConfig, *, batches=None, loss_fn=None) -> dict:
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in params.values():  # targeted weights must move even if the caller froze them
         p.requires_grad_(True)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
     device = next(iter(params.values())).device
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    model.train()
     try:
-        for batch in take_batches(batches, cfg.steps):
-            loss = loss_fn(model, to_device(batch, device))
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"lottery dense phase diverged (loss {loss.item()}); lower `lr` ({cfg.lr})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            sched.step()
-            optimizer.zero_grad(set_to_none=True)
+        dense_phase_(model, take_batches(batches, cfg.steps), cfg, loss_fn, device)
         scores = {name: (p.detach() - initial[name]).abs().float() for name, p in params.items()}
     finally:
         with torch.no_grad():  # rewind to W0: every parameter, bit for bit

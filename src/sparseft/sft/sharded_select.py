@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from sparseft.masks.config import MaskConfig
 from sparseft.masks.fisher import FisherMaskConfig, to_device
-from sparseft.masks.lottery import LotteryMaskConfig
+from sparseft.masks.lottery import LotteryMaskConfig, dense_phase_
 from sparseft.masks.magnitude import MagnitudeMaskConfig
 from sparseft.masks.mask import per_tensor_quotas
 from sparseft.masks.random import RandomMaskConfig
@@ -180,21 +180,8 @@ def _lottery_local(model: nn.Module, params: dict[str, nn.Parameter], cfg: Lotte
         if name in params:  # targeted weights move even if the caller froze them (as lottery_scores)
             p.requires_grad_(True)
     distributed.shard_fsdp_(replica, device=device)
-    trainable = [p for p in replica.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    replica.train()
     try:
-        for batch in batches[:cfg.steps]:
-            loss = loss_fn(replica, to_device(batch, device))
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"lottery dense phase diverged (loss {loss.item()}); lower `lr` ({cfg.lr})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            sched.step()
-            optimizer.zero_grad(set_to_none=True)
+        dense_phase_(replica, batches[:cfg.steps], cfg, loss_fn, device)
         sharded = dict(replica.named_parameters())
         scores = {}
         for name, p in params.items():
@@ -203,7 +190,7 @@ def _lottery_local(model: nn.Module, params: dict[str, nn.Parameter], cfg: Lotte
             r0, r1 = row_range(p.shape[0], world, rank)
             scores[name] = (w.detach().cpu() - p.detach()[r0:r1].to(w.dtype)).abs().float()
     finally:
-        del replica, optimizer
+        del replica  # the dense phase's optimizer state is freed when dense_phase_ returns
     return scores
 
 
