@@ -18,8 +18,14 @@ Parts (in this process: the FFN blocks are timed with forward hooks during the e
            25 / 50% active: WikiText-2 perplexity (512-token windows, first 48 of the last 10%;
            router trained on 64 windows of the rest) with the oracle and the trained router.
 
-No recovery fine-tuning here. One JSON record per part goes to benchmarks/results/
-experts_<part>-<UTC stamp>.json (`--smoke`: under benchmarks/runs/experts_quick/results).
+Recovery (minilm, `--recovery-steps`, default 300 optimizer steps of batch 32 = 0.68 epoch of
+CoNLL-2003 train; 0 skips it): for every (E, k) with the trained router, a copy of the MoEfied
+model is fine-tuned - experts, attention, embeddings, head; the router fixed (hard top-k gives it
+no gradient) - with distillation from the dense model (T = 2, alpha = 0.5, lr = the `recovery`
+default 1e-4), then scored again (rows `E*_k*_mlp_recovered`, with the training time).
+
+One JSON record per part goes to benchmarks/results/experts_<part>-<UTC stamp>.json
+(`--smoke`: under benchmarks/runs/experts_quick/results).
 """
 
 from __future__ import annotations
@@ -156,6 +162,9 @@ def run_part(part: str, args) -> Path | None:
                         row[f"delta_{key}"] = row[key] - rows[0][key]
                 rows.append(row)
                 print(f"[{part}] {row}", flush=True)
+            if part == "minilm" and args.recovery_steps > 0:
+                rows.append(recovered_row(model, dense, data, pad_id, bs, rows[0], row, args))
+                print(f"[{part}] {rows[-1]}", flush=True)
         del model
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     record = {"experiment": f"experts_{part}", "command": " ".join(["python", "benchmarks/bench_experts.py",
@@ -173,6 +182,44 @@ def run_part(part: str, args) -> Path | None:
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     return path
+
+
+def recovered_row(model, dense, data, pad_id: int, bs: int, dense_row: dict, routed: dict, args) -> dict:
+    """Score a copy of `model` (routing as set: the trained router, top-k of `routed`) after a short
+    fine-tune with distillation from `dense`; the row beside `routed` (see the module docstring)."""
+    import torch
+
+    from sparseft.load.tokenize import PadCollator
+    from sparseft.train.config import TrainConfig
+    from sparseft.train.defaults import DEFAULT_LR
+    from sparseft.train.distill import DistillConfig, make_distill_loss
+    from sparseft.train.loop import train
+
+    student = copy.deepcopy(model)
+    teacher = copy.deepcopy(dense)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    steps = 3 if args.smoke else args.recovery_steps
+    out = Path(args.tmp) / f"recover_{routed['run']}"
+    cfg = TrainConfig(output_dir=str(out), epochs=1, max_steps=steps, batch_size=32, lr=DEFAULT_LR["recovery"],
+                      eval_every="never", load_best_at_end=False, progress=False,
+                      resume=False, seed=0)
+    torch.manual_seed(0)
+    result = train(student, data.train, cfg, collate_fn=PadCollator(pad_id),
+                   loss_fn=make_distill_loss(teacher, DistillConfig(temperature=2.0, alpha=0.5)))
+    student.eval()
+    row = {**{k: routed[k] for k in ("experts", "top_k", "active_share", "router", "moefy_seconds")},
+           "run": routed["run"] + "_recovered", "recovery_steps": result.steps,
+           "recovery_examples": result.steps * cfg.batch_size, "recovery_seconds": result.train_seconds,
+           "recovery_lr": cfg.lr, "distill": {"temperature": 2.0, "alpha": 0.5},
+           **score(student, data, pad_id, bs)}
+    for key in ("model_seconds", "ffn_seconds"):
+        row[f"{key.split('_')[0]}_speedup"] = dense_row[key] / max(row[key], 1e-9)
+    for key in ("f1", "perplexity"):
+        if key in row:
+            row[f"delta_{key}"] = row[key] - dense_row[key]
+    del student, teacher
+    return row
 
 
 def source(part: str, args) -> tuple[str, dict, int]:
@@ -218,6 +265,8 @@ def main() -> int:
     p.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts (default: both)")
     p.add_argument("--experts", type=int, nargs="+", help="experts per FFN (default: 16 32 / 16)")
     p.add_argument("--router-steps", type=int, default=500, help="MLP router training steps per block")
+    p.add_argument("--recovery-steps", type=int, default=300,
+                   help="minilm: distillation fine-tune steps (batch 32) after MoEfication, per (E, k); 0: none")
     p.add_argument("--smoke", action="store_true",
                    help="tiny random models, a few examples; results under benchmarks/runs/experts_quick")
     args = p.parse_args()

@@ -67,8 +67,8 @@ def plan(part: str, args) -> list[dict]:
     """The runs of one part: {name, recipe, overrides, row}."""
     base, runs = run_dir(args), []
     if part == "minilm":
-        for method in args.methods:
-            for ratio in args.ratios or MINILM_RATIOS:
+        for ratio in args.ratios or MINILM_RATIOS:      # ratio-major: a stopped run keeps whole sizes
+            for method in args.methods:
                 name = f"minilm_{method}_{pct(ratio)}"
                 fargs = json.dumps({"ratio": ratio, "targets": ENCODER})
                 over = [f"output_dir={base}/{name}", f"model={args.teacher}", f"stages.recover.factorizer={method}",
@@ -177,27 +177,17 @@ def targets(part: str, rows: list[dict]) -> dict:
             if None not in order else None}
 
 
-def run_part(part: str, args) -> Path | None:
+def write_record(path: Path, part: str, args, rows: list[dict], details: list[dict], t0: float, *,
+                 planned: int) -> None:
+    """The part's JSON record with the rows so far (`complete`: all `planned` runs are in)."""
     from sparseft.utils.env import describe_environment
 
-    missing = [p for p in needs(part, args) if not (ROOT / p).exists()]
-    if missing:
-        hint = " (python benchmarks/run.py conll2003_full)" if part == "minilm" else ""
-        print(f"skip {part}: missing {missing}{hint}")
-        return None
-    t0 = time.perf_counter()
-    rows, details = [], []
-    for spec in plan(part, args):
-        print(f"[{part}] {spec['name']}", flush=True)
-        result = run_in_child(spec)
-        rows.append(summarize(part, spec, result))
-        details.append({"run": spec["name"], "stages": result.get("stages")})
+    rows = [dict(r) for r in rows]
     if part == "smollm2":
         dense = next((r["perplexity"] for r in rows if r.get("method") == "dense" and "perplexity" in r), None)
         for r in rows:
             if dense and "perplexity" in r:
                 r["ppl_ratio_vs_dense"] = r["perplexity"] / dense
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     data = ("CoNLL-2003: train = all 14,041 sentences of eng.train (recovery and calibration: its first 128); "
             "dev = eng.testa (3,250 sentences)" if part == "minilm" else
             "WikiText-2 wiki.valid.tokens, 512-token windows: eval = first 48 windows of the last 10%, "
@@ -206,7 +196,8 @@ def run_part(part: str, args) -> Path | None:
         data += f" (smoke test: --limit {args.limit})"
     record = {"experiment": f"factorize_{part}", "command": " ".join(["python", "benchmarks/bench_factorize.py",
                                                                        *sys.argv[1:]]),
-              "data": data, "quick": bool(args.limit), "env": describe_environment(),
+              "data": data, "quick": bool(args.limit), "complete": len(rows) == planned,
+              "runs_done": len(rows), "runs_planned": planned, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows, "targets": targets(part, rows),
               "details": details}
     if part == "smollm2":
@@ -214,12 +205,31 @@ def run_part(part: str, args) -> Path | None:
         record["notes"] = ("Same stored size: a factorization removing a fraction r of the targeted weights stores "
                            "(1 - r) of their fp32 values; unstructured sparsity s stores (1 - s) values plus a 1-bit "
                            "mask per weight, equal at s = r + 1/32.")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def run_part(part: str, args) -> Path | None:
+    missing = [p for p in needs(part, args) if not (ROOT / p).exists()]
+    if missing:
+        hint = " (python benchmarks/run.py conll2003_full)" if part == "minilm" else ""
+        print(f"skip {part}: missing {missing}{hint}")
+        return None
+    t0 = time.perf_counter()
+    rows, details, specs = [], [], plan(part, args)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     folder = (ROOT / run_dir(args) / "results") if args.limit else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"factorize_{part}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    for spec in specs:       # the record is rewritten after every run: a stopped benchmark keeps its rows
+        print(f"[{part}] {spec['name']}", flush=True)
+        result = run_in_child(spec)
+        rows.append(summarize(part, spec, result))
+        details.append({"run": spec["name"], "stages": result.get("stages")})
+        write_record(path, part, args, rows, details, t0, planned=len(specs))
     print(f"wrote {path.relative_to(ROOT)}")
-    for r in rows:
+    for r in json.loads(path.read_text())["rows"]:
         keys = ("run", "f1_after_factorize", "f1", "delta_f1", "perplexity", "ppl_ratio_vs_dense",
                 "throughput_speedup_b32", "error")
         print("  " + ", ".join(f"{k}={r[k]:.4g}" if isinstance(r.get(k), float) else f"{k}={r[k]}"

@@ -87,11 +87,16 @@ def accuracy(forward, feats, collate, bs: int = 64) -> float:
     return task_accuracy(forward, feats, collate, batch_size=bs)
 
 
-def train_cfg(args, out: Path, lr: float):
+def train_cfg(args, out: Path, lr: float, n_examples: int):
+    """One task's TrainConfig; a fractional --epochs becomes whole epochs capped by max_steps."""
+    import math
+
     from sparseft.train.config import TrainConfig
 
     extra = {"max_steps": 3} if args.smoke else {}
-    return TrainConfig(output_dir=str(out), epochs=args.epochs, batch_size=args.batch_size, lr=lr,
+    if not args.smoke and args.epochs != int(args.epochs):
+        extra["max_steps"] = max(1, round(args.epochs * n_examples / args.batch_size))
+    return TrainConfig(output_dir=str(out), epochs=math.ceil(args.epochs), batch_size=args.batch_size, lr=lr,
                        warmup_ratio=0.06, weight_decay=0.0, resume=False, progress=False, eval_every="never",
                        mixed_precision="no", **extra)
 
@@ -120,7 +125,7 @@ def run_full(args, data, tok, model_name, tmp) -> dict:
         torch.manual_seed(0)
         model = load_model(model_name, "cls", labels=d.labels)
         t0 = time.perf_counter()
-        train(model, d.train, train_cfg(args, Path(tmp) / f"full_{task}", args.lr_full), collate_fn=collate)
+        train(model, d.train, train_cfg(args, Path(tmp) / f"full_{task}", args.lr_full, len(d.train)), collate_fn=collate)
         seconds += time.perf_counter() - t0
         model.eval()
         acc[task] = accuracy(lambda b, m=model: m(**b).logits, d.eval, collate)
@@ -142,7 +147,7 @@ def run_sft(args, data, tok, model_name, tmp) -> dict:
         model = load_model(model_name, "cls", labels=d.labels)
         one = base_params(model)
         t0 = time.perf_counter()
-        _, diff = sparse_finetune(model, d.train, train_cfg(args, Path(tmp) / f"sft_{task}", args.lr_sparse),
+        _, diff = sparse_finetune(model, d.train, train_cfg(args, Path(tmp) / f"sft_{task}", args.lr_sparse, len(d.train)),
                                   fisher(args, args.density), collate_fn=collate)
         seconds += time.perf_counter() - t0
         model.eval()
@@ -209,6 +214,8 @@ def tiny_minilm(tmp: str) -> str:
 
 
 def main() -> int:
+    from sparseft.train.defaults import DEFAULT_LR
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="which systems to run")
     p.add_argument("--train-limit", type=int, help="training rows per task (seeded sample; labelled in the record)")
@@ -221,42 +228,55 @@ def main() -> int:
     p.add_argument("--sampling", default="proportional", choices=("uniform", "proportional", "temperature"),
                    help="task sampling of the experts run")
     p.add_argument("--temperature", type=float, default=2.0, help="T of --sampling temperature")
-    p.add_argument("--lr-full", type=float, default=5e-5, help="full fine-tuning learning rate")
-    p.add_argument("--lr-sparse", type=float, default=5e-4, help="sparse diffs / task experts learning rate")
+    p.add_argument("--lr-full", type=float, default=DEFAULT_LR["train"],
+                   help="full fine-tuning learning rate (default: the `train` default, sparseft.train.defaults)")
+    p.add_argument("--lr-sparse", type=float, default=DEFAULT_LR["sft"],
+                   help="sparse diffs / task experts learning rate (default: the `sft` default)")
     p.add_argument("--smoke", action="store_true", help="tiny random BERT, 32 rows per task, 3 steps: < 60 s")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.chdir(ROOT)
-    import torch
-
     from sparseft.load.model import load_tokenizer
 
     if args.smoke:
         args.train_limit, args.eval_limit, args.batch_size = args.train_limit or 32, args.eval_limit or 16, 8
     t_start = time.perf_counter()
     rows = {}
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    folder = (ROOT / "benchmarks" / "runs" / "task_experts_quick" / "results") if args.smoke else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"task_experts-{stamp}.json"
     with tempfile.TemporaryDirectory() as tmp:
         model_name = tiny_minilm(tmp) if args.smoke else "minilm"
         tok = load_tokenizer(model_name)
         data = task_data(args, tok)
-        for system in args.systems:
+        for system in args.systems:       # the record is rewritten after every system
             fn = {"experts": run_experts, "full": run_full, "sft": run_sft}[system]
             row = fn(args, data, tok, model_name, tmp)
             row["stored_vs_one_model"] = row["stored_params"] / row["one_model_params"]
             rows[system] = row
             print(system, json.dumps({k: row[k] for k in ("accuracy", "train_seconds", "stored_vs_one_model")}),
                   flush=True)
+            write_record(path, args, data, rows, t_start)
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+def write_record(path: Path, args, data: dict, rows: dict, t_start: float) -> None:
+    """The JSON record with the systems run so far (`complete`: every system of --systems)."""
+    import torch
+
     from sparseft.utils.env import describe_environment
     from sparseft.utils.hardware import detect
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     table = [{"system": system, **{f"{t}_accuracy": acc for t, acc in row["accuracy"].items()},
               "train_seconds": row["train_seconds"], "stored_params": row["stored_params"],
               "stored_vs_one_model": row["stored_vs_one_model"]} for system, row in rows.items()]
     record = {"experiment": "task_experts", "command": " ".join(["python", "benchmarks/bench_task_experts.py",
                                                                  *sys.argv[1:]]),
               "quick": bool(args.smoke), "train_limit": args.train_limit, "eval_limit": args.eval_limit,
+              "complete": len(rows) == len(args.systems), "runs_done": len(rows), "runs_planned": len(args.systems),
               "args": vars(args), "examples": {t: {"train": len(d.train), "eval": len(d.eval), "labels": len(d.labels)}
                                                for t, d in data.items()},
               "env": describe_environment(), "hardware": detect().to_dict(),
@@ -265,12 +285,9 @@ def main() -> int:
               "notes": "stored_params counts the base once plus, per task, values + positions + head (sparse) or "
                        "every parameter of every model (full); SST-2 dev is held out of train (overlapping "
                        "sub-phrases: optimistic)."}
-    folder = (ROOT / "benchmarks" / "runs" / "task_experts_quick" / "results") if args.smoke else RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"task_experts-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

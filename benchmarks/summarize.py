@@ -93,6 +93,9 @@ def render(records: list[dict]) -> str:
             lines += [f"- data: {data}"]
         if rec.get("wall_seconds"):
             lines += [f"- wall time: {rec['wall_seconds'] / 60:.1f} min"]
+        if rec.get("complete") is False:
+            lines += [f"- **incomplete**: {rec.get('runs_done')} of {rec.get('runs_planned')} planned runs "
+                      "(the benchmark was stopped; the missing rows were not measured)"]
         lines.append("")
         if "stages" in rec:
             rows = [(label, _get(rec["stages"].get(stage, {}), key)) for stage, key, label in HEADLINE_KEYS]

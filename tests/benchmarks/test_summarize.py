@@ -33,3 +33,13 @@ def test_chat_parts_fold_into_the_summary_with_targets():
     assert "- data: train: first 300 records" in text and "- data: WikiText-2 windows" in text
     # a part without its summary is still shown
     assert [r["experiment"] for r in s.drop_summarized_parts(records[:1])] == ["chat_full"]
+
+
+def test_a_stopped_benchmark_is_marked_incomplete_and_a_finished_one_is_not():
+    s = _summarize()
+    env = {"commit": "abc", "cpu": "test cpu"}
+    part = {"experiment": "factorize_minilm", "env": env, "rows": [{"run": "minilm_svd_20", "f1": 0.9}],
+            "complete": False, "runs_done": 1, "runs_planned": 12}
+    assert "**incomplete**: 1 of 12 planned runs" in s.render([part])
+    assert "incomplete" not in s.render([{**part, "complete": True, "runs_done": 12}])
+    assert "incomplete" not in s.render([{k: v for k, v in part.items() if k != "complete"}])

@@ -67,3 +67,17 @@ def test_protocol_sizes_calibration_and_equal_storage():
     assert st["factorizer"] == "fisher_svd" and st["epochs"] == 2 and st["distill"] is True
     assert json.loads(json.dumps(st["factorizer_args"])) == {"ratio": 0.3, "targets": [r"re:encoder\.layer"]}
     assert rec.model == bench.TEACHER
+
+
+def test_the_record_is_rewritten_after_every_run_and_says_whether_it_is_complete(tmp_path):
+    bench = _bench()
+    args, path = _args(bench), tmp_path / "factorize_minilm-x.json"
+    rows = [{"run": "minilm_svd_20", "method": "svd", "ratio": 0.2, "f1": 0.9, "delta_f1": -0.01}]
+    bench.write_record(path, "minilm", args, rows, [{"run": "minilm_svd_20"}], 0.0, planned=2)
+    first = json.loads(path.read_text())
+    assert (first["complete"], first["runs_done"], first["runs_planned"]) == (False, 1, 2)
+    rows.append({"run": "minilm_asvd_20", "method": "asvd", "ratio": 0.2, "error": "exit code 1"})
+    bench.write_record(path, "minilm", args, rows, [{}, {}], 0.0, planned=2)
+    done = json.loads(path.read_text())
+    assert done["complete"] is True and [r["run"] for r in done["rows"]] == ["minilm_svd_20", "minilm_asvd_20"]
+    assert not list(tmp_path.glob("*.tmp"))

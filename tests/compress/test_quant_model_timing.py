@@ -77,3 +77,34 @@ def test_real_model_timing_runs_every_passing_kernel(bert_ner):
     _, choice = DynamicInt8Config().resolve(bert_ner)
     assert choice["timing"] == "model" and all(
         r.get("model_relative_time") for r in choice["candidates"].values() if r["passed"])
+
+
+def test_a_winner_slower_than_fp32_is_marked_and_quantize_warns(bert_ner):
+    choice = {"choice": "a", "gate_db": 25.0, "probe": "p", "reason": "r",
+              "candidates": {"a": {"passed": True, "sqnr_db": 30.0}}}
+    slow = refine_choice(choice, {"a": 1.3})
+    assert slow["slower_than_fp32"] is True and "SLOWER than fp32" in slow["reason"]
+    fast = refine_choice(choice, {"a": 0.8})
+    assert fast["slower_than_fp32"] is False and "SLOWER" not in fast["reason"]
+    from sparseft.compress.quantize.dynamic import quantize_dynamic_
+
+    cands = candidate_kernels(VNNI, onednn=onednn_available(), fbgemm=False)
+    passing = "int_mm"
+    cfg, _ = DynamicInt8Config().resolve(bert_ner, hw=VNNI, time_fn=_layer_times({passing: 0.5}),
+                                         errors=_errors(cands, {k: 5.0 for k in cands if k != passing}),
+                                         model_times={passing: 1.4})
+    assert cfg.kernel_choice["slower_than_fp32"] is True
+    with pytest.warns(RuntimeWarning, match="slower than fp32 on this model and CPU"):
+        quantize_dynamic_(bert_ner, cfg)
+
+
+def test_generative_models_are_also_timed_at_the_decoding_shape(bert_ner, llama_lm):
+    from sparseft.compress.quantize.model_timing import DECODE_SHAPE, MODEL_SHAPES, model_shapes
+
+    assert model_shapes(bert_ner) == MODEL_SHAPES
+    assert model_shapes(llama_lm) == MODEL_SHAPES + (DECODE_SHAPE,)
+    linears = target_linears(llama_lm, ["Linear"], ["lm_head"])
+    seen = []
+    time_kernels_on_model(llama_lm, linears, ["int_mm"],
+                          time_fn=lambda m, x: seen.append(tuple(x["input_ids"].shape)) or 1.0)
+    assert seen[:3] == [(1, 64), (32, 64), (1, 1)]

@@ -281,7 +281,7 @@ def choose_kernel(model: nn.Module, targets: list[str], ignore: list[str], *, ba
         errors = probe_errors(model, linears, candidates, batches=batches)
     choice = measure_kernels(linears, candidates, time_fn=time_fn, errors=errors)
     passed = [k for k, r in choice["candidates"].items() if r["passed"]]
-    if model_times is None and time_fn is None and len(passed) > 1:
+    if model_times is None and time_fn is None and passed:   # one passing kernel too: is it faster than fp32?
         model_times = time_kernels_on_model(model, linears, passed)
     if model_times:
         choice = refine_choice(choice, model_times)
@@ -299,6 +299,9 @@ def quantize_dynamic_(model: nn.Module, cfg: DynamicInt8Config, *, batches=None)
     if measured and not onednn_available():
         warnings.warn("oneDNN int8 linear is unavailable in this torch build; dynamic int8 uses the slower "
                       "torch._int_mm kernel", RuntimeWarning, stacklevel=2)
+    if (cfg.kernel_choice or {}).get("slower_than_fp32"):
+        warnings.warn(f"dynamic int8 ({cfg.backend}) measured slower than fp32 on this model and CPU: "
+                      f"{cfg.kernel_choice['reason']}", RuntimeWarning, stacklevel=2)
     if cfg.kernel_choice and hasattr(model, "config"):
         model.config.sparseft_int8_kernel = cfg.kernel_choice
     for fqn, linear in target_linears(model, cfg.targets, cfg.ignore):

@@ -24,10 +24,11 @@ Three steps:
      25 dB on every layer where some kernel reaches it, else within 3 dB of the most accurate
      kernel. The fastest kernel that passes wins. Without a probe (no model forward) the error
      is measured on Gaussian inputs, which only catches broken kernels.
-  4. `model_timing.time_kernels_on_model`: where more than one kernel passes and the model runs
-     on random token ids, the passing kernels are timed on the whole model (batch 1 x 64 and
-     32 x 64) and the fastest there wins: the layer micro-benchmark does not predict whole-model
+  4. `model_timing.time_kernels_on_model`: where the model runs on random token ids, the passing
+     kernels are timed on the whole model (batch 1 x 64 and 32 x 64, plus 1 x 1 for generative
+     models) and the fastest there wins: the layer micro-benchmark does not predict whole-model
      speed well enough (MiniLM: int_mm and onednn equal in it, 0.99x vs 1.22x fp32 whole-model).
+     A winner slower than fp32 is marked (`slower_than_fp32`) and quantize_dynamic_ warns.
 
 The result is returned (and, through the quantize stage, logged and saved in the resolved
 config and config.json), never kept in module state: call it again on another machine and it
@@ -235,4 +236,5 @@ def choice_summary(choice: dict) -> dict:
                                **({"model_relative_time": round(r["model_relative_time"], 3)}
                                   if r.get("model_relative_time") is not None else {})}
                            for k, r in choice["candidates"].items()},
-            "timing": choice.get("timing", "layers")}
+            "timing": choice.get("timing", "layers"),
+            **({"slower_than_fp32": choice["slower_than_fp32"]} if "slower_than_fp32" in choice else {})}

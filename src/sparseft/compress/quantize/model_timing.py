@@ -8,8 +8,12 @@ fp32 for int_mm and 1.22x for onednn (benchmarks/results/precision_minilm-202612
 the per-call activation quantization, memory traffic between layers and the rest of the model are
 not in the micro-benchmark. So where the model can be run on random token ids, each passing
 kernel is swapped into every targeted layer in turn, the model is timed (median of `repeats`
-calls after a warm-up, batch 1 x 64 and batch 32 x 64 tokens), the original layers are put
-back, and the kernel with the lowest mean (kernel time / fp32 time) over the two shapes wins.
+calls after a warm-up, batch 1 x 64 and batch 32 x 64 tokens; generative models add batch 1 x 1,
+the shape of every decoding step), the original layers are put back, and the kernel with the
+lowest mean (kernel time / fp32 time) over the shapes wins. This runs even when one kernel passes:
+when the winner is still slower than fp32 (SmolLM2 decoding on a 2-core avx512_vnni CPU: 0.75x
+fp32 tokens/s, benchmarks/results/precision_smollm2-20261201T144854.json), the choice says so
+(`slower_than_fp32`) and `quantize_dynamic_` warns: int8 then saves memory, not time.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ import torch
 import torch.nn as nn
 
 MODEL_SHAPES = ((1, 64), (32, 64))   # batch x tokens: latency and throughput shapes of eval/cost.py
+DECODE_SHAPE = (1, 1)                # one new token per step (generative models)
+
+
+def model_shapes(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """The shapes the model is timed at: MODEL_SHAPES, plus DECODE_SHAPE for generative models."""
+    can_generate = getattr(model, "can_generate", None)
+    generative = bool(can_generate()) if callable(can_generate) else False
+    return MODEL_SHAPES + ((DECODE_SHAPE,) if generative else ())
 
 
 def random_inputs(model: nn.Module, batch: int, tokens: int) -> dict | None:
@@ -47,13 +59,14 @@ def _median_seconds(model: nn.Module, inputs: dict, repeats: int) -> float:
 
 @torch.no_grad()  # not inference_mode: the int8 layers built here cache packed weights keyed on _version
 def time_kernels_on_model(model: nn.Module, linears: list[tuple[str, nn.Linear]], kernels: list[str], *,
-                          shapes=MODEL_SHAPES, repeats: int = 3,
+                          shapes=None, repeats: int = 3,
                           time_fn: Callable[[nn.Module, dict], float] | None = None) -> dict[str, float] | None:
     """{kernel: mean over `shapes` of (model time with the kernel / fp32 model time)}; the model is
     left exactly as it was. None when the model cannot be run on random token ids."""
     from sparseft.compress.quantize.dynamic import DynamicInt8Linear
     from sparseft.compress.quantize.layers import set_module
 
+    shapes = model_shapes(model) if shapes is None else shapes
     inputs = [random_inputs(model, b, t) for b, t in shapes]
     if any(x is None for x in inputs):
         return None
@@ -88,11 +101,13 @@ def refine_choice(choice: dict, model_times: dict[str, float]) -> dict:
     for k, r in choice["candidates"].items():
         r["model_relative_time"] = model_times.get(k)
     best = min(passed, key=model_times.get)
+    slower = model_times[best] > 1.0
     others = ", ".join(f"{k} {model_times[k]:.2f}x" for k in passed if k != best)
     reason = (f"fastest on the whole model of the kernels passing the error gate (worst-layer SQNR >= "
               f"{choice['gate_db']:.1f} dB on {choice['probe']}): {model_times[best]:.2f}x fp32 model time, "
               f"worst layer {choice['candidates'][best]['sqnr_db']:.1f} dB"
               + (f"; other passing: {others}" if others else "")
               + (f"; dropped by the gate: {', '.join(k for k, r in choice['candidates'].items() if not r['passed'])}"
-                 if any(not r["passed"] for r in choice["candidates"].values()) else ""))
-    return {**choice, "choice": best, "reason": reason, "timing": "model"}
+                 if any(not r["passed"] for r in choice["candidates"].values()) else "")
+              + ("; SLOWER than fp32 on this model and CPU: int8 saves memory here, not time" if slower else ""))
+    return {**choice, "choice": best, "reason": reason, "timing": "model", "slower_than_fp32": slower}
