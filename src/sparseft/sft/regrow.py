@@ -37,6 +37,16 @@ from sparseft.sft.layer import SparseDelta
 _ADAM_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
+def reset_adam_state_(optimizer: torch.optim.Optimizer, values: torch.nn.Parameter, slots: torch.Tensor) -> None:
+    """Zero AdamW's per-entry moments of `values` at `slots` (regrown entries start fresh). Entries
+    without state (before the first step) have nothing to reset."""
+    state = optimizer.state.get(values, {})
+    for key in _ADAM_STATE_KEYS:
+        t = state.get(key)
+        if isinstance(t, torch.Tensor) and t.shape == values.shape:
+            t[slots] = 0
+
+
 @dataclass
 class OptimizerRef:
     """Filled with the optimizer that steps the given parameters, once it has stepped."""
@@ -142,8 +152,4 @@ class RegrowHook:
                       "optimizer state of the entries they replace")
                 self._warned = True
             return
-        state = optimizer.state.get(values, {})
-        for key in _ADAM_STATE_KEYS:
-            t = state.get(key)
-            if isinstance(t, torch.Tensor) and t.shape == values.shape:
-                t[slots] = 0
+        reset_adam_state_(optimizer, values, slots)

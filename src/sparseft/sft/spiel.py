@@ -67,9 +67,7 @@ import torch.nn as nn
 
 from sparseft.masks.spiel import SpielAGMaskConfig, SpielMAMaskConfig, SpielMaskConfig
 from sparseft.sft.layer import SparseDelta
-from sparseft.sft.regrow import OptimizerRef
-
-_ADAM_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+from sparseft.sft.regrow import OptimizerRef, reset_adam_state_
 
 
 class SM3RowCol:
@@ -103,16 +101,6 @@ class SM3RowCol:
         if how == "product":
             return torch.outer(self.row, self.col).reshape(-1)
         return torch.minimum(self.row[:, None], self.col[None, :]).reshape(-1)
-
-
-def reset_adam_state_(optimizer: torch.optim.Optimizer, values: torch.nn.Parameter, slots: torch.Tensor) -> None:
-    """Zero AdamW's per-entry moments of `values` at `slots`. Entries without state (before the
-    first step) have nothing to reset."""
-    state = optimizer.state.get(values, {})
-    for key in _ADAM_STATE_KEYS:
-        t = state.get(key)
-        if isinstance(t, torch.Tensor) and t.shape == values.shape:
-            t[slots] = 0
 
 
 @dataclass
