@@ -155,12 +155,7 @@ def run_part(part: str, args) -> Path | None:
                 if not oracle:
                     row["router_loss_before"] = summary["router"]["loss_before"]
                     row["router_loss_after"] = summary["router"]["loss_after"]
-                for key in ("model_seconds", "ffn_seconds"):
-                    row[f"{key.split('_')[0]}_speedup"] = rows[0][key] / max(row[key], 1e-9)
-                for key in ("f1", "perplexity"):
-                    if key in row:
-                        row[f"delta_{key}"] = row[key] - rows[0][key]
-                rows.append(row)
+                rows.append(versus_dense(row, rows[0]))
                 print(f"[{part}] {row}", flush=True)
             if part == "minilm" and args.recovery_steps > 0:
                 rows.append(recovered_row(model, dense, data, pad_id, bs, rows[0], row, args))
@@ -182,6 +177,16 @@ def run_part(part: str, args) -> Path | None:
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     return path
+
+
+def versus_dense(row: dict, dense_row: dict) -> dict:
+    """`row` plus its speed-ups (model, FFN) and metric deltas against the dense model's row."""
+    for key in ("model_seconds", "ffn_seconds"):
+        row[f"{key.split('_')[0]}_speedup"] = dense_row[key] / max(row[key], 1e-9)
+    for key in ("f1", "perplexity"):
+        if key in row:
+            row[f"delta_{key}"] = row[key] - dense_row[key]
+    return row
 
 
 def recovered_row(model, dense, data, pad_id: int, bs: int, dense_row: dict, routed: dict, args) -> dict:
@@ -213,13 +218,8 @@ def recovered_row(model, dense, data, pad_id: int, bs: int, dense_row: dict, rou
            "recovery_examples": result.steps * cfg.batch_size, "recovery_seconds": result.train_seconds,
            "recovery_lr": cfg.lr, "distill": {"temperature": 2.0, "alpha": 0.5},
            **score(student, data, pad_id, bs)}
-    for key in ("model_seconds", "ffn_seconds"):
-        row[f"{key.split('_')[0]}_speedup"] = dense_row[key] / max(row[key], 1e-9)
-    for key in ("f1", "perplexity"):
-        if key in row:
-            row[f"delta_{key}"] = row[key] - dense_row[key]
     del student, teacher
-    return row
+    return versus_dense(row, dense_row)
 
 
 def source(part: str, args) -> tuple[str, dict, int]:

@@ -181,6 +181,7 @@ def write_record(path: Path, part: str, args, rows: list[dict], details: list[di
                  planned: int) -> None:
     """The part's JSON record with the rows so far (`complete`: all `planned` runs are in)."""
     from sparseft.utils.env import describe_environment
+    from sparseft.utils.io import atomic_write_text
 
     rows = [dict(r) for r in rows]
     if part == "smollm2":
@@ -205,9 +206,7 @@ def write_record(path: Path, part: str, args, rows: list[dict], details: list[di
         record["notes"] = ("Same stored size: a factorization removing a fraction r of the targeted weights stores "
                            "(1 - r) of their fp32 values; unstructured sparsity s stores (1 - s) values plus a 1-bit "
                            "mask per weight, equal at s = r + 1/32.")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def run_part(part: str, args) -> Path | None:

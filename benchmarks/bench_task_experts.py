@@ -268,6 +268,7 @@ def write_record(path: Path, args, data: dict, rows: dict, t_start: float) -> No
     import torch
 
     from sparseft.utils.env import describe_environment
+    from sparseft.utils.io import atomic_write_text
     from sparseft.utils.hardware import detect
 
     table = [{"system": system, **{f"{t}_accuracy": acc for t, acc in row["accuracy"].items()},
@@ -285,9 +286,7 @@ def write_record(path: Path, args, data: dict, rows: dict, t_start: float) -> No
               "notes": "stored_params counts the base once plus, per task, values + positions + head (sparse) or "
                        "every parameter of every model (full); SST-2 dev is held out of train (overlapping "
                        "sub-phrases: optimistic)."}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
