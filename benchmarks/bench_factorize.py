@@ -25,6 +25,10 @@ child runner, so its peak memory is its own):
 
 One JSON record per part goes to benchmarks/results/factorize_<part>-<UTC stamp>.json
 (`--limit`: under benchmarks/runs/factorize_quick/results, never results/).
+
+`--reuse RECORD` completes a stopped benchmark: a planned run whose exact command (recipe and
+overrides) has an error-free row in RECORD is not run again; its row is copied with
+`reused_from` naming RECORD, and the new record lists RECORD, its command and environment.
 """
 
 from __future__ import annotations
@@ -114,11 +118,15 @@ def needs(part: str, args) -> list[str]:
     return [] if args.lm_data else [WIKI]
 
 
+def equivalent(spec: dict) -> str:
+    """The run as one `sparseft run` command line."""
+    return f"sparseft run {spec['recipe']} " + " ".join(shlex.quote(o) for o in spec["overrides"])
+
+
 def summarize(part: str, spec: dict, result: dict) -> dict:
     st = result.get("stages", {})
     row = {"run": spec["name"], **spec["row"], "wall_seconds": result.get("wall_seconds"),
-           "peak_rss_mb": result.get("peak_rss_mb"),
-           "equivalent": f"sparseft run {spec['recipe']} " + " ".join(shlex.quote(o) for o in spec["overrides"])}
+           "peak_rss_mb": result.get("peak_rss_mb"), "equivalent": equivalent(spec)}
     if "error" in result:
         return {**row, "error": result["error"]}
     if part == "smollm2":
@@ -177,8 +185,21 @@ def targets(part: str, rows: list[dict]) -> dict:
             if None not in order else None}
 
 
+def reusable(part: str, record: Path | None) -> tuple[dict, dict]:
+    """{equivalent command: (row, details)} of RECORD's error-free rows, and RECORD's provenance."""
+    if record is None:
+        return {}, {}
+    rec = json.loads(record.read_text())
+    if rec.get("experiment") != f"factorize_{part}":
+        raise SystemExit(f"--reuse {record}: experiment {rec.get('experiment')!r} is not factorize_{part}")
+    details = {d["run"]: d for d in rec.get("details", [])}
+    rows = {r["equivalent"]: (r, details.get(r["run"], {"run": r["run"]})) for r in rec.get("rows", [])
+            if "error" not in r and r.get("equivalent")}
+    return rows, {"record": record.name, "command": rec.get("command"), "env": rec.get("env")}
+
+
 def write_record(path: Path, part: str, args, rows: list[dict], details: list[dict], t0: float, *,
-                 planned: int) -> None:
+                 planned: int, reused: dict | None = None) -> None:
     """The part's JSON record with the rows so far (`complete`: all `planned` runs are in)."""
     from sparseft.utils.env import describe_environment
     from sparseft.utils.io import atomic_write_text
@@ -201,6 +222,8 @@ def write_record(path: Path, part: str, args, rows: list[dict], details: list[di
               "runs_done": len(rows), "runs_planned": planned, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows, "targets": targets(part, rows),
               "details": details}
+    if reused and any(r.get("reused_from") for r in rows):
+        record["reused"] = reused
     if part == "smollm2":
         record["reference_rows"] = reference_rows()
         record["notes"] = ("Same stored size: a factorization removing a fraction r of the targeted weights stores "
@@ -221,13 +244,20 @@ def run_part(part: str, args) -> Path | None:
     folder = (ROOT / run_dir(args) / "results") if args.limit else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"factorize_{part}-{stamp}.json"
+    old, provenance = reusable(part, args.reuse)
     for spec in specs:       # the record is rewritten after every run: a stopped benchmark keeps its rows
-        print(f"[{part}] {spec['name']}", flush=True)
-        result = run_in_child(spec)
-        rows.append(summarize(part, spec, result))
-        details.append({"run": spec["name"], "stages": result.get("stages")})
-        write_record(path, part, args, rows, details, t0, planned=len(specs))
-    print(f"wrote {path.relative_to(ROOT)}")
+        if equivalent(spec) in old:
+            print(f"[{part}] {spec['name']}: reused from {args.reuse.name}", flush=True)
+            kept, detail = old[equivalent(spec)]
+            rows.append({**kept, "reused_from": args.reuse.name})
+            details.append(detail)
+        else:
+            print(f"[{part}] {spec['name']}", flush=True)
+            result = run_in_child(spec)
+            rows.append(summarize(part, spec, result))
+            details.append({"run": spec["name"], "stages": result.get("stages")})
+        write_record(path, part, args, rows, details, t0, planned=len(specs), reused=provenance)
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     for r in json.loads(path.read_text())["rows"]:
         keys = ("run", "f1_after_factorize", "f1", "delta_f1", "perplexity", "ppl_ratio_vs_dense",
                 "throughput_speedup_b32", "error")
@@ -247,9 +277,15 @@ def main() -> int:
     p.add_argument("--lm-model", default="smollm2", help="smollm2 part: model (alias or folder)")
     p.add_argument("--lm-data", default="", help="smollm2 part: text file replacing wiki.valid.tokens (smoke tests)")
     p.add_argument("--no-pruning", action="store_true", help="smollm2: skip the SparseGPT / Wanda runs")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="a stopped run's record: its error-free rows with the same command are kept, not re-run")
     p.add_argument("--limit", type=int, default=0,
                    help="smoke test: N examples, 2 steps, tiny windows; results under benchmarks/runs/factorize_quick")
     args = p.parse_args()
+    if args.reuse is not None:
+        if not args.reuse.is_file():
+            p.error(f"--reuse {args.reuse}: no such record")
+        args.reuse = args.reuse.resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.chdir(ROOT)

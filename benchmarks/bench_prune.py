@@ -21,7 +21,8 @@ process, so its peak memory is its own):
 Data (stated in every record): CoNLL training = the first 2,000 sentences of eng.train in file
 order (`--full-train`: all 14,041), dev = all 3,250 sentences of eng.testa. WikiText-2: 512-token
 windows of wiki.valid.tokens; evaluation = the first 48 windows of the file's last 10%,
-calibration = the first 32 windows of the other 90% (disjoint text). One JSON record per part
+calibration = the first 128 windows of the other 90% (disjoint text; the papers' count; the first
+protocol used 32: `--lm-calib-samples 32`, record prune_lm). One JSON record per part
 goes to benchmarks/results/prune_<part>-<UTC stamp>.json (`--quick`: under the quick run folder).
 """
 
@@ -157,8 +158,7 @@ def plan(part: str, args) -> list[dict]:
                     f"stages.prune.pruner_args={json.dumps(pargs)}", f"model={args.lm_model}"]
             if args.lm_data:
                 over.append(f"data.train={args.lm_data}")
-            if calib != 32:
-                over.append(f"stages.prune.calib_samples={calib}")
+            over.append(f"stages.prune.calib_samples={calib}")
             if args.quick:
                 over += ["data.block_size=64", "data.eval_limit=2", "stages.prune.calib_samples=2"]
             runs.append({"name": name, "recipe": R + "smollm2_wikitext2_prune.yaml", "overrides": over,
@@ -281,8 +281,9 @@ def main() -> int:
                    help="unstructured sparsities for the oneshot and gradual parts")
     p.add_argument("--lm-model", default="smollm2", help="model of the lm part (alias or folder)")
     p.add_argument("--lm-data", default="", help="text file replacing wiki.valid.tokens (smoke tests)")
-    p.add_argument("--lm-calib-samples", type=int, default=32,
-                   help="lm part: 512-token calibration windows for Wanda/SparseGPT (protocol: 32)")
+    p.add_argument("--lm-calib-samples", type=int, default=128,
+                   help="lm part: 512-token calibration windows for Wanda/SparseGPT (default 128, the papers' "
+                        "count; 32 = the first protocol, record prune_lm)")
     p.add_argument("--runs", nargs="+", help="only runs whose name contains one of these strings")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -3,7 +3,8 @@
 The newest record of each experiment is shown (older ones stay in results/ as history). Three
 record shapes are understood:
   * {"stages": {stage: metrics}}  from benchmarks/run.py (recipe runs)
-  * {"rows": [ {column: value}, ... ]}  tables from the bench_<area>.py scripts
+  * {"rows": [ {column: value}, ... ]}  tables from the bench_<area>.py scripts (and/or
+    {"tables": {title: rows}} for several tables in one record)
   * {"metrics": {key: value}}  single results
 Every section names the command that produced it, the machine, the date and the git commit.
 """
@@ -38,6 +39,8 @@ def _get(d: dict, dotted: str):
 
 def _fmt(v) -> str:
     if isinstance(v, float):
+        if 0 < abs(v) < 1e-3:
+            return f"{v:.2e}"
         return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
@@ -108,6 +111,8 @@ def render(records: list[dict]) -> str:
                           for t, m in sorted(per_type.items())]
         if rec.get("rows"):
             lines += _table(rec["rows"])
+        for title, rows in (rec.get("tables") or {}).items():   # several named tables in one record
+            lines += ["", f"**{title}**", ""] + _table(rows)
         if rec.get("targets"):
             lines += ["", "| issue target | measured |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in rec["targets"].items()]

@@ -10,9 +10,14 @@ Rows (MiniLM, entity F1 on the held-out slice):
   full   full fine-tuning                                  lr in --grid-full
   sft    sparse fine-tuning, fisher mask, density 1%       lr in --grid-sft
   lora   LoRA at the same trainable count (rank_for_density 0.01)   lr in --grid-lora
+Variants of `sft` (issue 16 item 1; same budget; record sweep_sft_variants unless --lrs):
+  sft_bitfit      + dense biases and LayerNorms (dense_parts bias,norm), counted in the 1% budget
+  sft_per_tensor  allocation per_tensor instead of global                at the sft default lr
+  sft_fisher8 / sft_fisher128   8 / 128 Fisher selection batches instead of 32   at the sft default lr
 
     python benchmarks/sweep_defaults.py                      # every row (9 rows, ~25 min on 2 idle cores)
     python benchmarks/sweep_defaults.py --only sft lora      # some methods
+    python benchmarks/sweep_defaults.py --only sft_bitfit sft_per_tensor sft_fisher8 sft_fisher128   # ~20 min
     python benchmarks/sweep_defaults.py --smoke              # seconds, not a result
 
 Each row runs in its own process. Record: benchmarks/results/sweep_defaults-<UTC stamp>.json
@@ -34,7 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "conll2003" / "eng.train"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "sweep"
-GRIDS = {"sft": (1e-3, 3e-3, 1e-2), "lora": (1e-3, 3e-3, 1e-2), "full": (5e-5, 1e-4, 2e-4)}
+GRIDS = {"sft": (1e-3, 3e-3, 1e-2), "lora": (1e-3, 3e-3, 1e-2), "full": (5e-5, 1e-4, 2e-4),
+         "sft_bitfit": (1e-3, 3e-3, 1e-2), "sft_per_tensor": (3e-3,), "sft_fisher8": (3e-3,), "sft_fisher128": (3e-3,)}
+DEFAULT_METHODS = ("sft", "lora", "full")   # without --only; the variants run when named
+SFT_VARIANTS = {"sft": {}, "sft_bitfit": {"dense_parts": "bias,norm"}, "sft_per_tensor": {"allocation": "per_tensor"},
+                "sft_fisher8": {"mask_options": {"n_batches": 8}}, "sft_fisher128": {"mask_options": {"n_batches": 128}}}
 
 
 def stage_for(method: str, lr: float, args) -> dict:
@@ -42,8 +51,8 @@ def stage_for(method: str, lr: float, args) -> dict:
               "weight_decay": 0.01, "resume": False}
     if method == "full":
         return {**common, "method": "train"}
-    if method == "sft":
-        return {**common, "method": "sft", "mask": "fisher", "density": 0.01}
+    if method in SFT_VARIANTS:
+        return {**common, "method": "sft", "mask": "fisher", "density": 0.01, **SFT_VARIANTS[method]}
     return {**common, "method": "lora", "rank_for_density": 0.01}
 
 
@@ -88,7 +97,7 @@ def main() -> int:
         return 0
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     rows = []
-    for method in args.only or list(GRIDS):
+    for method in args.only or DEFAULT_METHODS:
         for lr in GRIDS[method][:1] if args.smoke else (args.lrs or GRIDS[method]):
             out = RUNS / stamp / f"{method}-lr{lr:g}"
             cmd = [sys.executable, __file__, "--child", method, repr(lr), str(out), "--model", args.model,
@@ -104,7 +113,9 @@ def main() -> int:
     for row in rows:
         if "heldout_f1" in row and row["heldout_f1"] > best.get(row["method"], {}).get("heldout_f1", -1):
             best[row["method"]] = {"lr": row["lr"], "heldout_f1": row["heldout_f1"]}
-    record = {"experiment": "sweep_defaults_extra" if args.lrs else "sweep_defaults", "command": "python benchmarks/sweep_defaults.py "
+    variants = set(args.only or DEFAULT_METHODS) - set(DEFAULT_METHODS)
+    name = "sweep_defaults_extra" if args.lrs else "sweep_sft_variants" if variants else "sweep_defaults"
+    record = {"experiment": name, "command": "python benchmarks/sweep_defaults.py "
               + " ".join(sys.argv[1:]), "date": stamp, "env": describe_environment(), "hardware": detect().to_dict(), "data": {"train": "CoNLL-2003 eng.train minus a seeded 10% held-out slice "
               f"(split_seed 0), first {args.train_limit} sentences", "score": "entity F1 on the held-out slice "
               "of train (never dev)"}, "epochs": args.epochs, "rows": rows, "best": best}

@@ -43,3 +43,12 @@ def test_a_stopped_benchmark_is_marked_incomplete_and_a_finished_one_is_not():
     assert "**incomplete**: 1 of 12 planned runs" in s.render([part])
     assert "incomplete" not in s.render([{**part, "complete": True, "runs_done": 12}])
     assert "incomplete" not in s.render([{k: v for k, v in part.items() if k != "complete"}])
+
+
+def test_named_tables_render_each_under_its_title():
+    s = _summarize()
+    rec = {"experiment": "prune_reference", "env": {"commit": "abc"}, "command": "python x.py",
+           "tables": {"code": [{"layer": "0.q", "max_abs_diff": 1e-7}], "calibration": [{"windows": 8, "error": 0.2}]}}
+    text = s.render([rec])
+    assert "**code**" in text and "| layer | max_abs_diff |" in text
+    assert text.index("**code**") < text.index("**calibration**") and "| 8 | 0.2000 |" in text

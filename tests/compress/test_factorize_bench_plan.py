@@ -26,7 +26,7 @@ def _bench():
 
 def _args(bench, **kw):
     base = dict(methods=list(bench.METHODS), ratios=None, epochs=1, teacher=bench.TEACHER, lm_model="smollm2",
-                lm_data="", no_pruning=False, limit=0)
+                lm_data="", no_pruning=False, limit=0, reuse=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -81,3 +81,43 @@ def test_the_record_is_rewritten_after_every_run_and_says_whether_it_is_complete
     done = json.loads(path.read_text())
     assert done["complete"] is True and [r["run"] for r in done["rows"]] == ["minilm_svd_20", "minilm_asvd_20"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _fake_result(spec):
+    return {"wall_seconds": 1.0, "stages": {"recover": {"dense_f1": 0.9, "f1_after_factorize": 0.8},
+                                            "dev": {"f1": 0.89 if "asvd" in spec["name"] else 0.88}}}
+
+
+def test_reuse_keeps_a_stopped_runs_rows_with_the_same_command_and_runs_the_rest(tmp_path, monkeypatch):
+    bench = _bench()
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "needs", lambda part, args: [])
+    ran = []
+    monkeypatch.setattr(bench, "run_in_child", lambda spec: ran.append(spec["name"]) or _fake_result(spec))
+    small = dict(methods=["svd", "asvd"], teacher="T")
+    first = bench.run_part("minilm", _args(bench, ratios=[0.3], **small))
+    assert ran == ["minilm_svd_30", "minilm_asvd_30"]
+    old = json.loads(first.read_text())
+    old["rows"][1]["error"] = "killed"                             # a failed row is run again
+    first.unlink()
+    first = tmp_path / "factorize_minilm-20000101T000000.json"    # older than the next run's stamp
+    first.write_text(json.dumps(old))
+
+    ran.clear()
+    second = bench.run_part("minilm", _args(bench, ratios=[0.2, 0.3], reuse=first, **small))
+    assert ran == ["minilm_svd_20", "minilm_asvd_20", "minilm_asvd_30"]
+    rec = json.loads(second.read_text())
+    assert rec["complete"] and rec["runs_done"] == 4 and rec["reused"]["record"] == first.name
+    by = {r["run"]: r for r in rec["rows"]}
+    assert by["minilm_svd_30"]["reused_from"] == first.name and "reused_from" not in by["minilm_asvd_30"]
+    assert by["minilm_asvd_30"]["delta_f1"] == pytest.approx(-0.01)
+    ran.clear()                                                    # another teacher: nothing is reused
+    bench.run_part("minilm", _args(bench, ratios=[0.3], reuse=second, methods=["svd"], teacher="U"))
+    assert ran == ["minilm_svd_30"]
+
+
+def test_reuse_refuses_another_experiments_record(tmp_path):
+    other = tmp_path / "prune_lm-1.json"
+    other.write_text(json.dumps({"experiment": "prune_lm", "rows": []}))
+    with pytest.raises(SystemExit, match="is not factorize_minilm"):
+        _bench().reusable("minilm", other)

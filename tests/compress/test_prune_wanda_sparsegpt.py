@@ -101,3 +101,43 @@ def test_config_validation_and_budgets():
         prune_(torch.nn.Linear(2, 2), WandaConfig())
     budgets = _block_budgets(rows=3, cols=10, block=4, sparsity=0.5)
     assert sum(budgets) == 15 and len(budgets) == 3
+
+
+def _reference_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_prune_reference.py"
+    spec = importlib.util.spec_from_file_location("bench_prune_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_sparsegpt_and_wanda_equal_a_plain_float64_reference(nm):
+    """The blocked, Cholesky-based SparseGPT = the OBS update written one column at a time."""
+    from sparseft.compress.prune.common import nm_mask, select_masks
+    from sparseft.compress.prune.sparsegpt import sparsegpt_weight
+    from sparseft.compress.prune.wanda import InputNorms, wanda_scores
+
+    ref = _reference_module()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 48, generator=g) @ torch.randn(48, 48, generator=g)     # correlated inputs
+    x[:, 3] *= 20.0                                                              # one outlier feature
+    x[:, 7] = 0.0                                                                # one dead input
+    W = torch.randn(24, 48, generator=g)
+    xtx = (x.T @ x).double() / x.shape[0]
+    ours = sparsegpt_weight(W, 2.0 * xtx.float(), sparsity=0.5, nm=nm, block_size=16)
+    plain = ref.reference_sparsegpt(W, 2.0 * xtx, sparsity=0.5, nm=nm, block_size=16)
+    assert torch.equal(ours == 0, plain == 0)
+    assert (ours.double() - plain).abs().max() < 1e-4 * W.abs().max()
+    assert ref.relative_error(W, ours, xtx) == pytest.approx(ref.relative_error(W, plain, xtx), rel=1e-4)
+
+    norms = InputNorms(torch.nn.Linear(48, 1, bias=False))
+    norms.add(x)
+    scores = wanda_scores(W, norms)
+    mask = nm_mask(scores, *nm, name="w") if nm else select_masks({"w": scores}, 0.5, "per_row")["w"]
+    assert torch.equal((W * mask) == 0, ref.reference_wanda(W, xtx, sparsity=0.5, nm=nm) == 0)
+    magnitude = W * select_masks({"w": W.abs()}, 0.5, "per_row")["w"]
+    assert ref.relative_error(W, plain, xtx) < ref.relative_error(W, W * mask, xtx) < ref.relative_error(W, magnitude, xtx)

@@ -13,7 +13,8 @@ Steps, top to bottom:
      data into the same output_dir is an error, not a resume. With several processes, rank 0's
      masks are broadcast; under `distributed=fsdp` each rank scores only its shard of every
      targeted weight and a distributed top-k picks the same indices everywhere (sharded_select.py).
-  2. freeze everything; new task heads (`heads`, default classifier/score/qa_outputs) stay
+  2. freeze everything; new task heads (`heads`, default classifier/score/qa_outputs) and the
+     base's `dense_parts` (biases / norms, counted in the budget: sft/dense_parts.py) stay
      densely trainable; targeted weights become `SparseDelta` wrappers (values [k] + indices).
   3. train with the foundation loop (`sparseft.train.loop.train`): its optimizer only sees the
      value vectors and the heads, so gradients and AdamW state are O(k); `regrow` adds its
@@ -46,6 +47,7 @@ from sparseft.masks.regrow import RegrowMaskConfig
 from sparseft.masks.spiel import SpielMaskConfig
 from sparseft.masks.select import select_masks, target_parameters
 from sparseft.registry import REGISTRY
+from sparseft.sft import dense_parts as parts_mod
 from sparseft.sft.layer import SparseDelta, merge_sparse_, sparsify_indices_
 from sparseft.sft.regrow import RegrowHook, track_optimizer
 from sparseft.sft.spiel import SpielHook
@@ -63,7 +65,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                     mask_cfg: MaskConfig, *, collate_fn, eval_fn: EvalFn | None = None,
                     metric: tuple[str, bool] = ("loss", False), loss_fn: LossFn | None = None,
                     base_id: str = "", heads: Sequence[str] | None = None,
-                    inputs: dict | None = None) -> tuple[TrainResult, SparseDiff]:
+                    dense_parts: Sequence[str] = (), inputs: dict | None = None) -> tuple[TrainResult, SparseDiff]:
     """Sparse fine-tuning of `model` in place; returns (TrainResult, SparseDiff).
 
     Args:
@@ -76,6 +78,9 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         base_id: base model name for the diff's manifest (default: config._name_or_path).
         heads: module patterns trained densely and stored densely in the diff (default:
             classifier, score, qa_outputs); they are also excluded from the sparse targets.
+        dense_parts: small base parameters trained densely, "bias" and / or "norm" (BitFit-style);
+            their count is taken from the mask's budget, and the diff stores them with their base
+            values (sft/dense_parts.py).
 
     Example:
         >>> result, diff = sparse_finetune(model, data.train, TrainConfig(output_dir="runs/sft"),
@@ -88,8 +93,11 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
     mask_cfg = mask_cfg.replace(ignore=list(dict.fromkeys([*mask_cfg.ignore, *heads])))
     out = Path(train_cfg.output_dir)
     head_params = dense_head_parameters(model, heads)
+    parts = parts_mod.dense_part_parameters(model, list(dense_parts), skip=set(head_params))
+    mask_cfg = parts_mod.reduce_budget(model, mask_cfg, sum(p.numel() for p in parts.values()))
     inputs = dict(inputs or {})
-    inputs["config"] = {**inputs.get("config", {}), "mask": mask_cfg.to_dict(), "heads": heads}
+    inputs["config"] = {**inputs.get("config", {}), "mask": mask_cfg.to_dict(), "heads": heads,
+                        "dense_parts": list(dense_parts)}
     inputs.setdefault("model_id", base_id)
 
     # 1. masks ----------------------------------------------------------------------------------
@@ -106,16 +114,17 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         _save_masks(out, *picked, mask_cfg)
     selected, shapes = picked
     n_targeted = sum(math.prod(shape) for shape in shapes.values())
-    base_fp = fingerprint(model, list(selected))
+    base_fp = fingerprint(model, [*selected, *parts])
+    parts_base = parts_mod.snapshot(parts)
 
-    # 2. freeze, keep heads trainable, swap targeted modules for SparseDelta ---------------------
+    # 2. freeze, keep heads and dense parts trainable, swap targeted modules for SparseDelta -----
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in head_params.values():
+    for p in [*head_params.values(), *parts.values()]:
         p.requires_grad_(True)
     layers = sparsify_indices_(model, selected)  # O(k) positions: no bool mask of the weights' size
-    mask_names, selected = sorted(selected), None
-    if not layers and not head_params:
+    mask_names, selected = sorted([*selected, *parts]), None
+    if not layers and not head_params and not parts:
         raise ValueError("nothing to train: the mask selects no entry and the model has no dense head")
 
     # 3. train: the optimizer sees only the value vectors and the heads ------------------------
@@ -125,7 +134,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
              if isinstance(mask_cfg, SpielMaskConfig) else [])
     for hook in hooks if resuming else ():
         hook.resume_at(int(saved.get("loop", {}).get("step", 0)))  # the window open at the checkpoint
-    groups = sparse_param_groups(layers, head_params, train_cfg.weight_decay)
+    groups = sparse_param_groups(layers, {**head_params, **parts}, train_cfg.weight_decay)
     try:
         with track_optimizer([layer.values for layer in layers.values()]) as ref:
             for hook in hooks:
@@ -135,6 +144,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                            inputs=inputs)
     except BaseException:
         merge_sparse_(model, merge=False)  # leave the plain base model behind, not wrappers
+        parts_mod.restore_(parts, parts_base)
         raise
 
     # 4. diff, then merge -------------------------------------------------------------------------
@@ -143,10 +153,11 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                 "base_fingerprint": base_fp, "fingerprint_tensors": mask_names,
                 "method": mask_cfg.to_dict(), "mask": REGISTRY.for_config(mask_cfg).name,
                 "train": train_cfg.to_dict(), "targeted_params": n_targeted, "heads": heads,
+                "dense_parts": list(dense_parts), "dense_part_params": sum(p.numel() for p in parts.values()),
                 **task_info(model)}
     if hooks:
         manifest["regrow_history"] = hooks[0].history
-    diff = diff_from_layers(layers, head_params, manifest)
+    diff = diff_from_layers(layers, head_params, manifest, parts_mod.full_entries_(parts, parts_base))
     diff.manifest["density"] = diff.count / max(1, n_targeted)
     merge_sparse_(model)
     for p in model.parameters():
@@ -236,9 +247,10 @@ def _select(model, train_data, train_cfg: TrainConfig, mask_cfg: MaskConfig, col
 
 
 def diff_from_layers(layers: dict[str, SparseDelta], head_params: dict[str, torch.Tensor],
-                     manifest: dict) -> SparseDiff:
-    """Sorted indices, fp32 deltas and W0 at those positions for each layer; heads densely."""
-    indices, values, base, shapes = {}, {}, {}, {}
+                     manifest: dict, full: tuple[dict, dict, dict, dict] | None = None) -> SparseDiff:
+    """Sorted indices, fp32 deltas and W0 at those positions for each layer; heads densely;
+    `full`: (indices, deltas, base values, shapes) of dense parts stored as sparse entries."""
+    indices, values, base, shapes = ({**d} for d in full) if full else ({}, {}, {}, {})
     for name, layer in layers.items():
         order = torch.argsort(layer.indices)
         idx = layer.indices[order]

@@ -8,6 +8,7 @@ merged model in the run context (a following `save` stage writes it as a plain c
         mask: fisher            # random | magnitude | fisher | lottery | regrow | spiel_ag | spiel_ma
         density: 0.01           # or count: 100000, or match_lora_rank: 8
         allocation: global      # or per_tensor
+        dense_parts: bias,norm  # optional: BitFit-style dense biases / norms, counted in the budget
         mask_options: {n_batches: 64}
         epochs: 3               # ... and every other TrainConfig field
       - {name: dev, method: eval}
@@ -30,6 +31,7 @@ from sparseft.masks.config import DEFAULT_HEADS, DEFAULT_MASK, MaskConfig
 from sparseft.masks.select import mask_config
 from sparseft.registry import register_method
 from sparseft.sft.api import sparse_finetune
+from sparseft.sft.dense_parts import parse_dense_parts
 from sparseft.train.config import TrainConfig, best_metric_for
 from sparseft.train.defaults import DEFAULT_LR
 from sparseft.train.identity import recipe_inputs
@@ -47,6 +49,8 @@ class SFTConfig(TrainConfig):
         allocation: "global" or "per_tensor".
         targets / ignore: module patterns (None: the mask config's defaults, Linear minus heads).
         heads: modules trained densely and stored densely in the diff (new task heads).
+        dense_parts: base parameters trained densely beside the sparse entries, counted in the
+            budget: "" (none), "bias", "norm" or "bias,norm" (BitFit-style; sft/dense_parts.py).
         mask_options: extra fields of the mask method's config, e.g. {n_batches: 64}.
         diff_dir: where the diff is written (default <run dir>/diff).
     """
@@ -60,12 +64,14 @@ class SFTConfig(TrainConfig):
     targets: list[str] | None = None
     ignore: list[str] | None = None
     heads: list[str] = field(default_factory=lambda: list(DEFAULT_HEADS))
+    dense_parts: str = ""
     mask_options: dict = field(default_factory=dict)
     diff_dir: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.mask_config()  # validate the mask part where it enters
+        parse_dense_parts(self.dense_parts)
 
     def mask_config(self) -> MaskConfig:
         fields = {"density": self.density, "count": self.count, "match_lora_rank": self.match_lora_rank,
@@ -91,7 +97,8 @@ def sft_stage(ctx, cfg: SFTConfig, name: str) -> None:
     result, diff = sparse_finetune(
         ctx.model, data.train, train_cfg, cfg.mask_config(), collate_fn=PadCollator(ctx.pad_id),
         eval_fn=eval_fn if data.eval else None, metric=best_metric_for(data.task, cfg.metric_for_best),
-        base_id=ctx.recipe.model, heads=cfg.heads, inputs=recipe_inputs(ctx.recipe, cfg))
+        base_id=ctx.recipe.model, heads=cfg.heads, dense_parts=parse_dense_parts(cfg.dense_parts),
+        inputs=recipe_inputs(ctx.recipe, cfg))
     diff.manifest.update({"task": data.task, "labels": data.labels or None, "data": ctx.recipe.data.to_dict()})
     diff_dir = Path(cfg.diff_dir or ctx.output_dir / "diff")
     save_diff(diff, diff_dir)
@@ -99,7 +106,8 @@ def sft_stage(ctx, cfg: SFTConfig, name: str) -> None:
     ctx.state[f"{name}_diff"] = diff
     ctx.report.log(name, {
         "mask": cfg.mask, "selected": diff.count, "density": diff.manifest["density"],
-        "dense_head_params": diff.dense_count, "trainable_params": diff.count + diff.dense_count,
+        "dense_head_params": diff.dense_count, "dense_part_params": diff.manifest["dense_part_params"],
+        "trainable_params": diff.count + diff.dense_count,
         "diff_path": str(diff_dir), "diff_size_mb": dir_size_bytes(diff_dir) / 2**20,
         "steps": result.steps, "train_seconds": result.train_seconds,
         "seconds_per_step": result.seconds_per_step, "tokens_per_second": result.tokens_per_second,
