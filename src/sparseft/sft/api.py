@@ -94,7 +94,8 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
     out = Path(train_cfg.output_dir)
     head_params = dense_head_parameters(model, heads)
     parts = parts_mod.dense_part_parameters(model, list(dense_parts), skip=set(head_params))
-    mask_cfg = parts_mod.reduce_budget(model, mask_cfg, sum(p.numel() for p in parts.values()))
+    n_parts = sum(p.numel() for p in parts.values())
+    mask_cfg = parts_mod.reduce_budget(model, mask_cfg, n_parts)
     inputs = dict(inputs or {})
     inputs["config"] = {**inputs.get("config", {}), "mask": mask_cfg.to_dict(), "heads": heads,
                         "dense_parts": list(dense_parts)}
@@ -153,7 +154,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                 "base_fingerprint": base_fp, "fingerprint_tensors": mask_names,
                 "method": mask_cfg.to_dict(), "mask": REGISTRY.for_config(mask_cfg).name,
                 "train": train_cfg.to_dict(), "targeted_params": n_targeted, "heads": heads,
-                "dense_parts": list(dense_parts), "dense_part_params": sum(p.numel() for p in parts.values()),
+                "dense_parts": list(dense_parts), "dense_part_params": n_parts,
                 **task_info(model)}
     if hooks:
         manifest["regrow_history"] = hooks[0].history

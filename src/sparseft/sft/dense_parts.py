@@ -86,9 +86,8 @@ def full_entries_(params: dict[str, nn.Parameter], base: dict[str, torch.Tensor]
     for n, p in params.items():
         w0 = base[n].reshape(-1).cpu()
         delta = p.detach().reshape(-1).cpu().float() - w0.float()
-        merged = w0.clone()
-        merged.index_add_(0, torch.arange(w0.numel()), delta.to(w0.dtype))
+        idx = torch.arange(w0.numel(), dtype=torch.long)
+        merged = w0.clone().index_add_(0, idx, delta.to(w0.dtype))
         p.copy_(merged.reshape(p.shape).to(p.device))
-        indices[n] = torch.arange(w0.numel(), dtype=torch.long)
-        values[n], base_values[n], shapes[n] = delta, w0, tuple(p.shape)
+        indices[n], values[n], base_values[n], shapes[n] = idx, delta, w0, tuple(p.shape)
     return indices, values, base_values, shapes
