@@ -18,8 +18,10 @@ Data (fixed and stated):
             on the first 2,000 of the remaining 9,003 records (a full-data row per method costs
             ~6 min on 2 cores, too much for a 38-row sweep).
 Hyper-parameters are fixed before any run and not tuned on dev: batch 32, epochs 3 (conll) /
-5 (banking), warm-up 10%, weight decay 0.01; lr 1e-4 for full fine-tuning, 5e-4 for SFT and
-LoRA (sparse and low-rank updates need larger steps); `--lr-*` flags override.
+5 (banking), warm-up 10%, weight decay 0.01; learning rates: each method's default
+(sparseft/train/defaults.py: full 2e-4, SFT and LoRA 3e-3, from the held-out sweep; the wave-1
+records of 2026-11-23 ran with 1e-4 / 5e-4 / 5e-4, before that sweep); `--lr-*` flags override.
+The full-data headline rows are benchmarks/bench_headline.py's.
 
 Usage:
     python benchmarks/bench_sft.py list                       # the rows, with their ids
@@ -238,11 +240,16 @@ def main() -> int:
     p.add_argument("--only", nargs="+", default=["*"], help="row ids or shell patterns (default: all)")
     p.add_argument("--full-conll", action="store_true", help="train on all 14,041 CoNLL sentences")
     p.add_argument("--smoke", action="store_true", help="64 examples, 3 steps: checks the plumbing only")
-    p.add_argument("--lr-full", type=float, default=1e-4, help="learning rate of full fine-tuning")
-    p.add_argument("--lr-sft", type=float, default=5e-4, help="learning rate of sparse fine-tuning")
-    p.add_argument("--lr-lora", type=float, default=5e-4, help="learning rate of LoRA")
+    p.add_argument("--lr-full", type=float, help="learning rate of full fine-tuning (default: the method's)")
+    p.add_argument("--lr-sft", type=float, help="learning rate of sparse fine-tuning (default: the method's)")
+    p.add_argument("--lr-lora", type=float, help="learning rate of LoRA (default: the method's)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
+    from sparseft.train.defaults import default_lr
+
+    for kind, method in (("full", "train"), ("sft", "sft"), ("lora", "lora")):
+        if getattr(args, f"lr_{kind}") is None:
+            setattr(args, f"lr_{kind}", default_lr(method))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.one:  # child process: run one row, print its record as the last line

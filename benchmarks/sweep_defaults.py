@@ -10,14 +10,24 @@ Rows (MiniLM, entity F1 on the held-out slice):
   full   full fine-tuning                                  lr in --grid-full
   sft    sparse fine-tuning, fisher mask, density 1%       lr in --grid-sft
   lora   LoRA at the same trainable count (rank_for_density 0.01)   lr in --grid-lora
-Variants of `sft` (issue 16 item 1; same budget; record sweep_sft_variants unless --lrs):
+Variants of `sft` (issue 16 item 1; same budget; record sweep_variants unless --lrs):
   sft_bitfit      + dense biases and LayerNorms (dense_parts bias,norm), counted in the 1% budget
   sft_per_tensor  allocation per_tensor instead of global                at the sft default lr
   sft_fisher8 / sft_fisher128   8 / 128 Fisher selection batches instead of 32   at the sft default lr
+Variants of `lora` (the same extra budget for the comparison to stay fair):
+  lora_alpha_r / lora_alpha_4r  alpha = rank / 4 * rank instead of 2 * rank   two lrs each
+  lora_dropout                  dropout 0.1 instead of 0                      at the lora default lr
+  sft_ep5 / lora_ep5            5 epochs instead of 3 (same data)             at the default lr
+  sft_<mask>                    another mask method (magnitude, lottery, spiel_ag, spiel_ma, random,
+                                regrow) with its own option defaults          at the sft default lr
+A variant is only comparable with `sft` / `lora` rows run on the same machine class (mixed
+precision "auto" picks bf16 where it measures faster): rerun those at the default lr beside them,
+e.g. `--only sft lora sft_ep5 lora_ep5 --lrs 0.003 --record-name sweep_variants_b`.
 
     python benchmarks/sweep_defaults.py                      # every row (9 rows, ~25 min on 2 idle cores)
     python benchmarks/sweep_defaults.py --only sft lora      # some methods
-    python benchmarks/sweep_defaults.py --only sft_bitfit sft_per_tensor sft_fisher8 sft_fisher128   # ~20 min
+    python benchmarks/sweep_defaults.py --only sft_bitfit sft_per_tensor sft_fisher8 sft_fisher128   # ~30 min
+    python benchmarks/sweep_defaults.py --only lora_alpha_r lora_alpha_4r lora_dropout   # ~15 min
     python benchmarks/sweep_defaults.py --smoke              # seconds, not a result
 
 Each row runs in its own process. Record: benchmarks/results/sweep_defaults-<UTC stamp>.json
@@ -40,10 +50,20 @@ DATA = ROOT.parent / "shared" / "data" / "conll2003" / "eng.train"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "sweep"
 GRIDS = {"sft": (1e-3, 3e-3, 1e-2), "lora": (1e-3, 3e-3, 1e-2), "full": (5e-5, 1e-4, 2e-4),
-         "sft_bitfit": (1e-3, 3e-3, 1e-2), "sft_per_tensor": (3e-3,), "sft_fisher8": (3e-3,), "sft_fisher128": (3e-3,)}
+         "sft_bitfit": (1e-3, 3e-3, 1e-2), "sft_per_tensor": (3e-3,), "sft_fisher8": (3e-3,), "sft_fisher128": (3e-3,),
+         "lora_alpha_r": (3e-3, 1e-2), "lora_alpha_4r": (1e-3, 3e-3), "lora_dropout": (3e-3,),
+         "sft_ep5": (3e-3,), "lora_ep5": (3e-3,),
+         **{f"sft_{m}": (3e-3,) for m in ("magnitude", "lottery", "spiel_ag", "spiel_ma", "random", "regrow")}}
 DEFAULT_METHODS = ("sft", "lora", "full")   # without --only; the variants run when named
 SFT_VARIANTS = {"sft": {}, "sft_bitfit": {"dense_parts": "bias,norm"}, "sft_per_tensor": {"allocation": "per_tensor"},
-                "sft_fisher8": {"mask_options": {"n_batches": 8}}, "sft_fisher128": {"mask_options": {"n_batches": 128}}}
+                "sft_fisher8": {"mask_options": {"n_batches": 8}}, "sft_fisher128": {"mask_options": {"n_batches": 128}},
+                "sft_ep5": {"epochs": 5},
+                **{f"sft_{m}": {"mask": m} for m in ("magnitude", "lottery", "spiel_ag", "spiel_ma", "random", "regrow")}}
+# LoRA's share of the same budget (as many extra runs as the sft variants get, minus one): the
+# scale alpha (default 2 * rank; rank_for_density 0.01 gives rank 3 on MiniLM, so alpha 3 = r and
+# 12 = 4r) and dropout 0.1
+LORA_VARIANTS = {"lora": {}, "lora_alpha_r": {"alpha": 3.0}, "lora_alpha_4r": {"alpha": 12.0},
+                 "lora_dropout": {"dropout": 0.1}, "lora_ep5": {"epochs": 5}}
 
 
 def stage_for(method: str, lr: float, args) -> dict:
@@ -53,7 +73,7 @@ def stage_for(method: str, lr: float, args) -> dict:
         return {**common, "method": "train"}
     if method in SFT_VARIANTS:
         return {**common, "method": "sft", "mask": "fisher", "density": 0.01, **SFT_VARIANTS[method]}
-    return {**common, "method": "lora", "rank_for_density": 0.01}
+    return {**common, "method": "lora", "rank_for_density": 0.01, **LORA_VARIANTS[method]}
 
 
 def run_row(method: str, lr: float, out: Path, args) -> dict:
@@ -71,7 +91,8 @@ def run_row(method: str, lr: float, out: Path, args) -> dict:
     s = ctx.report.sections
     return {"method": method, "lr": lr, "heldout_f1": s["heldout"]["f1"], "steps": s["finetune"].get("steps"),
             "seconds_per_step": s["finetune"].get("seconds_per_step"),
-            "trainable_params": s["finetune"].get("trainable_params"), "wall_seconds": time.perf_counter() - t0,
+            "trainable_params": s["finetune"].get("trainable_params"),
+            **{k: s["finetune"][k] for k in ("rank", "alpha", "train_seconds", "stage_seconds") if k in s["finetune"]}, "wall_seconds": time.perf_counter() - t0,
             "run_dir": str(out.relative_to(ROOT))}
 
 
@@ -84,6 +105,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lrs", nargs="+", type=float, help="learning rates to run instead of the method's grid "
                    "(to extend a grid whose best value sits at its edge)")
+    p.add_argument("--record-name", help="experiment name of the record (default: sweep_defaults, "
+                   "sweep_defaults_extra with --lrs, sweep_variants when variants are named)")
     p.add_argument("--smoke", action="store_true", help="tiny limits; record under benchmarks/runs/")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -114,7 +137,7 @@ def main() -> int:
         if "heldout_f1" in row and row["heldout_f1"] > best.get(row["method"], {}).get("heldout_f1", -1):
             best[row["method"]] = {"lr": row["lr"], "heldout_f1": row["heldout_f1"]}
     variants = set(args.only or DEFAULT_METHODS) - set(DEFAULT_METHODS)
-    name = "sweep_defaults_extra" if args.lrs else "sweep_sft_variants" if variants else "sweep_defaults"
+    name = args.record_name or ("sweep_defaults_extra" if args.lrs else "sweep_variants" if variants else "sweep_defaults")
     record = {"experiment": name, "command": "python benchmarks/sweep_defaults.py "
               + " ".join(sys.argv[1:]), "date": stamp, "env": describe_environment(), "hardware": detect().to_dict(), "data": {"train": "CoNLL-2003 eng.train minus a seeded 10% held-out slice "
               f"(split_seed 0), first {args.train_limit} sentences", "score": "entity F1 on the held-out slice "

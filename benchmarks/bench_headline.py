@@ -1,0 +1,207 @@
+"""Full-data headline rows (issue 16 item 3): MiniLM on CoNLL-2003 and BANKING77, every method with
+the shipped defaults, each row one `sparseft train` command.
+
+Rows per task (ids: `<task>:full`, `<task>:sft:<mask>:<budget>`, `<task>:lora:<budget>`):
+  full                      full fine-tuning
+  sft:<mask>:0.01           sparse fine-tuning, density 1%           (every registered mask method)
+  sft:<mask>:r8             sparse fine-tuning at LoRA-r8's count    (--match-lora-rank 8)
+  lora:r8 / lora:0.01       LoRA rank 8 / the rank whose count is closest to 1% (--lora-rank-for-density)
+No learning rate, schedule or mask option is given: each row runs with its method's defaults
+(sparseft/train/defaults.py, chosen by benchmarks/sweep_defaults.py on a held-out slice of train).
+Nothing is selected on dev: `--eval-every never` (no best-checkpoint choice), dev is scored once,
+after training.
+
+Data (all of it):
+  conll    train = eng.train (14,041 sentences), dev = eng.testa (3,250); 3 epochs (the default)
+  banking  train.csv minus a seeded 10% slice (split_seed 0: 9,003 records), scored on that slice
+           (1,000; the task has no separate dev file); 5 epochs (77 classes need more steps than
+           the 3-epoch default; stated here, not tuned on the slice)
+
+    python benchmarks/bench_headline.py --list
+    python benchmarks/bench_headline.py --only 'conll:full' 'conll:sft:fisher:0.01' 'conll:lora:*'
+    python benchmarks/bench_headline.py --only 'conll:*' --reuse benchmarks/results/headline_conll-<stamp>.json
+    python benchmarks/bench_headline.py --smoke --only 'conll:sft:fisher:0.01'   # seconds, not a result
+
+Each row runs as its own process (its peak RSS is its own). The record
+benchmarks/results/headline_<task>-<stamp>.json is rewritten after every row (rows so far,
+`complete: false` until every selected row ran); `--reuse` starts from a stopped record's rows.
+Run folders: benchmarks/runs/headline/<row>/ (this script's own; a stopped row resumes from its
+last checkpoint when the run is the same, and fails loudly when it is not); smoke runs and records
+go under benchmarks/runs/headline/smoke/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fnmatch
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "runs" / "headline"
+MASKS = ("fisher", "magnitude", "spiel_ag", "spiel_ma", "random", "lottery", "regrow")
+TASK_ARGS = {
+    "conll": ["--task", "ner", "--train", "../shared/data/conll2003/eng.train",
+              "--eval", "../shared/data/conll2003/eng.testa", "--max-length", "128", "--epochs", "3"],
+    "banking": ["--task", "cls", "--train", "../shared/data/banking77/train.csv", "--text-col", "text",
+                "--label-col", "category", "--eval-fraction", "0.1", "--max-length", "64", "--epochs", "5"],
+}
+METRIC = {"conll": "f1", "banking": "accuracy"}
+
+
+def rows_of(task: str) -> list[str]:
+    """In the order they are worth running: the comparisons the targets need first."""
+    first = [f"{task}:full", f"{task}:sft:fisher:0.01", f"{task}:lora:0.01", f"{task}:sft:fisher:r8", f"{task}:lora:r8"]
+    rest = [f"{task}:sft:{m}:{b}" for b in ("0.01", "r8") for m in MASKS]
+    return first + [r for r in rest if r not in first]
+
+
+def method_args(row: str) -> list[str]:
+    _, kind, *rest = row.split(":")
+    if kind == "full":
+        return ["--method", "train"]
+    if kind == "lora":
+        return ["--method", "lora"] + (["--lora-rank", "8"] if rest[0] == "r8" else ["--lora-rank-for-density", rest[0]])
+    mask, budget = rest
+    return ["--method", "sft", "--mask", mask] + (["--match-lora-rank", "8"] if budget == "r8" else ["--density", budget])
+
+
+def run_dir(row: str, smoke: bool) -> Path:
+    """A smoke run never shares a folder with the real row (its checkpoint would be refused as a
+    different run when the real one starts: resume checks the run's identity)."""
+    return RUNS / ("smoke" if smoke else "") / row.replace(":", "_")
+
+
+def command_for(row: str, smoke: bool) -> list[str]:
+    task = row.split(":")[0]
+    out = run_dir(row, smoke)
+    cmd = ["sparseft", "train", *TASK_ARGS[task], *method_args(row), "--eval-every", "never", "--no-progress",
+           "--no-cost", "-o", str(out.relative_to(ROOT)), "--overwrite"]
+    if smoke:
+        # banking's file is sorted by label: a 64-record head would hold one class
+        cmd += (["--train-limit", "64"] if task == "conll" else []) + ["--eval-limit", "64", "--max-steps", "3"]
+    return cmd
+
+
+def artifact_bytes(out: Path, kind: str) -> int:
+    pattern = {"full": "model/model.safetensors", "sft": "**/diff/*", "lora": "**/adapter/*"}[kind]
+    return sum(p.stat().st_size for p in out.glob(pattern) if p.is_file())
+
+
+def run_row(row: str, smoke: bool) -> dict:
+    task, kind = row.split(":")[:2]
+    out = run_dir(row, smoke)
+    cmd = command_for(row, smoke)
+    exe = str(Path(sys.executable).with_name("sparseft"))
+    t0 = time.perf_counter()
+    proc = subprocess.run([exe, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    record = {"row": row, "command": shlex.join(cmd), "wall_seconds": wall}
+    if proc.returncode != 0:
+        return record | {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    stages = json.loads((out / "metrics.json").read_text())["stages"]
+    fin, dev = stages["finetune"], stages["dev"]
+    import yaml
+
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text()) if (out / "recipe.yaml").exists() else {}
+    stage = next((s for s in recipe.get("stages", []) if s.get("name") == "finetune"), {})
+    record.update(score=dev[METRIC[task]], metric=METRIC[task], trainable=fin.get("trainable_params"),
+                  lr=stage.get("lr"), epochs=stage.get("epochs"), steps=fin.get("steps"),
+                  train_seconds=fin.get("train_seconds"), seconds_per_step=fin.get("seconds_per_step"),
+                  peak_memory_mb=fin.get("peak_memory_mb"), artifact_mb=artifact_bytes(out, kind) / 2**20,
+                  train_examples=stages.get("load", {}).get("train_examples"),
+                  eval_examples=stages.get("load", {}).get("eval_examples"))
+    for key in ("rank", "alpha", "selected", "dense_part_params"):
+        if key in fin:
+            record[key] = fin[key]
+    return record
+
+
+def with_pct_of_dense(rows: list[dict]) -> list[dict]:
+    """artifact_pct_of_dense: each artifact's size as % of the full row's model.safetensors."""
+    dense = next((r.get("artifact_mb") for r in rows if r["row"].endswith(":full")), None)
+    return [r | {"artifact_pct_of_dense": 100 * r["artifact_mb"] / dense} if dense and "artifact_mb" in r else r
+            for r in rows]
+
+
+def targets(task: str, rows: list[dict]) -> dict:
+    """The issue's comparisons, in points (F1 or accuracy x 100), from the rows present."""
+    score = {r["row"]: r["score"] for r in rows if "score" in r}
+    out = {}
+
+    def diff(a: str, b: str, label: str) -> None:
+        if f"{task}:{a}" in score and f"{task}:{b}" in score:
+            out[label] = round(100 * (score[f"{task}:{a}"] - score[f"{task}:{b}"]), 2)
+
+    diff("sft:fisher:0.01", "full", "sft fisher 1% minus full (points; target >= -1.0)")
+    best = max((r for r in score if r.startswith(f"{task}:sft:") and r.endswith(":0.01")), key=score.get, default=None)
+    if best and f"{task}:full" in score:
+        out[f"best sft 1% ({best.split(':')[2]}) minus full (points)"] = round(100 * (score[best] - score[f"{task}:full"]), 2)
+    diff("sft:fisher:0.01", "lora:0.01", "sft fisher 1% minus LoRA at the 1% count (points; target >= 0)")
+    diff("sft:fisher:r8", "lora:r8", "sft fisher at LoRA-r8's count minus LoRA r8 (points; target >= 0)")
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", default=["*"], help="row ids or shell patterns (default: every row)")
+    p.add_argument("--list", action="store_true", help="print the row ids and their commands, run nothing")
+    p.add_argument("--reuse", type=Path, help="a stopped headline_<task> record: keep its rows not re-run now")
+    p.add_argument("--smoke", action="store_true", help="64 examples, 3 steps: checks the plumbing only")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    selected = {t: [r for r in rows_of(t) if any(fnmatch.fnmatch(r, pat) for pat in args.only)] for t in TASK_ARGS}
+    if args.list or not any(selected.values()):
+        for r in [r for t in TASK_ARGS for r in (selected[t] or rows_of(t))]:
+            print(f"{r}\n    {shlex.join(command_for(r, args.smoke))}")
+        return 0 if args.list else 2
+    reused = json.loads(args.reuse.read_text()) if args.reuse else None
+    from sparseft.utils.env import describe_environment
+    from sparseft.utils.hardware import detect
+
+    env, hardware = describe_environment(), detect().to_dict()
+    failed = False
+    for task, todo in selected.items():
+        if not todo:
+            continue
+        if reused and not reused.get("experiment", "").endswith(task):
+            print(f"--reuse {args.reuse}: a record of {reused.get('experiment')!r}, not headline_{task}", file=sys.stderr)
+            return 2
+        old = [r for r in (reused or {}).get("rows", []) if r["row"] not in todo]
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        dest = (RUNS / "smoke") if args.smoke else RESULTS
+        dest.mkdir(parents=True, exist_ok=True)
+        path = dest / f"headline_{task}-{stamp}.json"
+        done: list[dict] = []
+        for row in todo:
+            rec = run_row(row, args.smoke)
+            failed |= "error" in rec
+            done.append(rec)
+            print(json.dumps(rec), flush=True)
+            rows = with_pct_of_dense(sorted(old + done, key=lambda r: rows_of(task).index(r["row"])))
+            record = {"experiment": f"headline_{task}", "date": stamp, "env": env, "hardware": hardware,
+                      "command": "python benchmarks/bench_headline.py " + shlex.join(sys.argv[1:]),
+                      "data_subset": "no subset: the whole training set (split: bench_headline.py's docstring)",
+                      "smoke": args.smoke,
+                      "complete": len(done) == len(todo) and not any("error" in r for r in rows), "runs_done": len(old) + len(done),
+                      "runs_planned": len(old) + len(todo), "rows": rows, "targets": targets(task, rows)}
+            if reused:
+                record["reused_from"] = str(args.reuse)
+            from sparseft.utils.io import atomic_write_text
+
+            atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

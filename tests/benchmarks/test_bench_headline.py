@@ -1,0 +1,58 @@
+"""benchmarks/bench_headline.py: every row's command is a valid `sparseft train` command line that
+names its method and budget and no learning rate (rows run with the shipped defaults), and the
+targets / size ratios are computed from the rows present (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_headline", ROOT / "benchmarks" / "bench_headline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("task", ["conll", "banking"])
+def test_every_row_is_a_valid_train_command_without_lr(task):
+    from sparseft.cli.main import build_parser
+
+    bench = _bench()
+    rows = bench.rows_of(task)
+    assert len(rows) == len(set(rows)) == 1 + 2 * len(bench.MASKS) + 2
+    parser = build_parser()
+    for row in rows:
+        cmd = bench.command_for(row, smoke=False)
+        assert cmd[:2] == ["sparseft", "train"] and "--lr" not in cmd
+        ns = parser.parse_args(cmd[1:])
+        assert ns.eval_every == "never" and ns.overwrite
+        assert bench.run_dir(row, smoke=True) != bench.run_dir(row, smoke=False)   # a smoke run's checkpoint never blocks the row
+        kind = row.split(":")[1]
+        assert ns.method == {"full": "train", "sft": "sft", "lora": "lora"}[kind]
+        if row.endswith(":r8"):
+            assert (ns.match_lora_rank if kind == "sft" else ns.lora_rank) == 8
+        if kind == "sft":
+            assert ns.mask == row.split(":")[2]
+
+
+def test_targets_and_size_ratio_from_the_rows_present():
+    bench = _bench()
+    rows = [{"row": "conll:full", "score": 0.91, "artifact_mb": 86.0},
+            {"row": "conll:sft:fisher:0.01", "score": 0.90, "artifact_mb": 1.29},
+            {"row": "conll:sft:magnitude:0.01", "score": 0.905, "artifact_mb": 1.29},
+            {"row": "conll:lora:0.01", "score": 0.895, "artifact_mb": 0.5},
+            {"row": "conll:lora:r8", "error": "boom"}]
+    out = bench.targets("conll", rows)
+    assert out["sft fisher 1% minus full (points; target >= -1.0)"] == pytest.approx(-1.0)
+    assert out["best sft 1% (magnitude) minus full (points)"] == pytest.approx(-0.5)
+    assert out["sft fisher 1% minus LoRA at the 1% count (points; target >= 0)"] == pytest.approx(0.5)
+    assert not any("r8" in k for k in out)                       # the LoRA r8 row failed: no r8 comparison
+    pct = {r["row"]: r.get("artifact_pct_of_dense") for r in bench.with_pct_of_dense(rows)}
+    assert pct["conll:full"] == pytest.approx(100) and pct["conll:sft:fisher:0.01"] == pytest.approx(1.5)
+    assert pct["conll:lora:r8"] is None
