@@ -40,7 +40,10 @@ def test_two_cpu_processes_match_one(tiny_bert_dir, toy_cls_file, tmp_path, meth
     model = _no_dropout_copy(tiny_bert_dir, tmp_path / "model")
     common = ["train", "--model", str(model), "--task", "cls", "--train", str(toy_cls_file), "--epochs", "1",
               "--lr", "1e-3", "--no-cost", "--set", "group_by_length=false", "--set", "progress=false",
-              "--set", "log_every=1", "--set", "eval_every=never", *method]
+              "--set", "log_every=1", "--set", "eval_every=never", *method,
+              # fp32 on both sides: "auto" probes bf16 in one process only (several skip the probe),
+              # and on a CPU with bf16 units the one-process run would then differ by precision
+              "--mixed-precision", "no"]
     env_py = [sys.executable, "-m", "sparseft.cli.main"]
     one = subprocess.run([*env_py, *common, "--batch-size", "4", "--output-dir", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300)

@@ -172,6 +172,8 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
     """
     if len(train_data) == 0:
         raise ValueError("no training examples")
+    if param_groups is None:
+        default_param_groups(model, cfg.weight_decay)  # nothing trainable: its one-line error, before the probe
     probe_batch = [train_data[i] for i in range(min(len(train_data), cfg.batch_size))]
     accelerator = make_accelerator(cfg, probe=step_probe(model, collate_fn(probe_batch), loss_fn))
     out = Path(cfg.output_dir)
