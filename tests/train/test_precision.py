@@ -101,3 +101,15 @@ def test_bf16_training_matches_fp32_on_a_tiny_model(tmp_path, tiny_bert_dir, fre
     assert last32 < 0.8 * first                                     # it learned
     assert abs(losses["bf16"][0] - first) < 0.02 * first            # same start (bf16 rounding only)
     assert abs(last16 - last32) < 0.03 * first                      # same end, within bf16 noise
+
+
+def test_two_runs_in_one_process_may_choose_different_precisions(tmp_path, fresh_accelerate_state):
+    """'auto' probes each run: a later run choosing another precision must not hit Accelerate's
+    "AcceleratorState has already been initialized" error."""
+    from sparseft.train.config import TrainConfig
+    from sparseft.train.loop import make_accelerator
+
+    first = make_accelerator(TrainConfig(output_dir=str(tmp_path / "a"), mixed_precision="no"))
+    assert first.mixed_precision == "no"
+    second = make_accelerator(TrainConfig(output_dir=str(tmp_path / "b"), mixed_precision="bf16"))
+    assert second.mixed_precision == "bf16"

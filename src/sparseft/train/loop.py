@@ -81,8 +81,20 @@ def make_accelerator(cfg: TrainConfig, probe: Probe | None = None) -> Accelerato
     # cpu=True without CUDA: otherwise, under torchrun on a CPU machine, Accelerate treats every
     # process as its own single-process job (no loader sharding, no gradient all-reduce).
     plugins = _engine_plugins(cfg)  # DeepSpeed: cpu=False, its CPU accelerator then talks gloo
+    _forget_other_precision(precision)
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
                        cpu=not torch.cuda.is_available() and not plugins, **plugins)
+
+
+def _forget_other_precision(precision: str) -> None:
+    """Accelerate keeps one AcceleratorState per process and refuses an Accelerator with another
+    mixed precision. Two train() calls in one process can choose differently ('auto' probes each
+    run), so a state left with another precision is dropped; PartialState (the process group) stays."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _engine_plugins(cfg: TrainConfig) -> dict:
