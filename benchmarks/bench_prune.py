@@ -48,18 +48,30 @@ WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 R = "recipes/"
 STRUCTURED_SIZES = {   # name: structured pruner_args (MiniLM-L6: 6 blocks, FFN 1536)
     "ffn50_drop1": {"ffn_sparsity": 0.5, "drop_layers": [5], "importance": "activation"},
+    "ffn75_drop1": {"ffn_sparsity": 0.75, "drop_layers": [5], "importance": "activation"},
+    "ffn50_drop2": {"ffn_sparsity": 0.5, "drop_layers": [4, 5], "importance": "activation"},
     "ffn75_drop2": {"ffn_sparsity": 0.75, "drop_layers": [4, 5], "importance": "activation"},
 }
+GRADUAL_PRUNERS = ("magnitude", "movement")
 
 
 def data_note(args) -> str:
     train = "all 14,041 sentences" if args.full_train else "first 2,000 sentences in file order"
     if args.quick:
         train = "first 40 sentences (quick smoke test)"
-    return (f"CoNLL-2003: train = eng.train {train}; dev = eng.testa (3,250 sentences"
+    teacher = f"; teacher = {teacher_path(args)}" if args.teacher else ""
+    epochs = (f"; recovery / pruning fine-tuning: {args.recovery_epochs} epochs" if args.recovery_epochs
+              else "; recovery / pruning fine-tuning: the recipe's epochs (2)")
+    return (f"CoNLL-2003: train = eng.train {train}{teacher}{epochs}; dev = eng.testa (3,250 sentences"
             f"{', first 24 only' if args.quick else ''}). WikiText-2: 512-token windows of wiki.valid.tokens, "
             f"eval = first 48 windows of the last 10% of the file, calibration = first "
             f"{args.lm_calib_samples} windows of the rest")
+
+
+def teacher_path(args) -> str:
+    """The dense fine-tuned model every CoNLL pruning run starts from and distills from: the teacher
+    part's, or `--teacher` (e.g. the full-data headline row's model, benchmarks/bench_headline.py)."""
+    return args.teacher or f"{run_dir(args)}/conll_teacher/model"
 
 
 def run_dir(args) -> str:
@@ -81,7 +93,7 @@ def conll_common(args, name: str, *, teacher_model: bool = True) -> list[str]:
     base = run_dir(args)
     out = [f"output_dir={base}/{name}"]
     if teacher_model:
-        out.append(f"model={base}/conll_teacher/model")
+        out.append(f"model={teacher_path(args)}")
     if args.full_train:
         out.append("data.train_limit=null")
     if args.quick:
@@ -89,10 +101,15 @@ def conll_common(args, name: str, *, teacher_model: bool = True) -> list[str]:
     return out
 
 
-def quick_stage(args, stage: str, extra: dict | None = None) -> list[str]:
+def train_stage_overrides(args, stage: str, extra: dict | None = None) -> list[str]:
+    """Per-stage overrides of a training stage: no evaluation during training (the final model is the
+    one scored: no checkpoint is chosen on dev), the stated recovery epochs, the quick limits."""
+    epochs = [f"stages.{stage}.eval_every=never"]
+    if args.recovery_epochs and stage != "finetune":
+        epochs.append(f"stages.{stage}.epochs={args.recovery_epochs}")
     if not args.quick:
-        return []
-    return [f"stages.{stage}.max_steps=3", f"stages.{stage}.batch_size=8"] + \
+        return epochs
+    return epochs + [f"stages.{stage}.max_steps=3", f"stages.{stage}.batch_size=8"] + \
         [f"stages.{stage}.{k}={v}" for k, v in (extra or {}).items()]
 
 
@@ -103,7 +120,7 @@ def plan(part: str, args) -> list[dict]:
     if part == "teacher":
         runs.append({"name": "conll_teacher", "recipe": R + "minilm_conll2003_prune_teacher.yaml",
                      "overrides": conll_common(args, "conll_teacher", teacher_model=False)
-                     + quick_stage(args, "finetune") + (["stages.dev.repeats=1"] if args.quick else []),
+                     + train_stage_overrides(args, "finetune") + (["stages.dev.repeats=1"] if args.quick else []),
                      "row": {"model": "dense"}})
     elif part in ("oneshot", "nm"):
         settings = ([("magnitude", {"sparsity": s, "allocation": "global"}, s) for s in args.sparsities]
@@ -118,28 +135,30 @@ def plan(part: str, args) -> list[dict]:
                                  f"stages.prune.pruner={pruner}", f"stages.prune.pruner_args={pa}",
                                  f"stages.recover.pruner={pruner}", f"stages.recover.pruner_args={pa}",
                                  f"stages.recover.distill={str(kd).lower()}",
-                                 f"stages.recover.teacher={base}/conll_teacher/model"]
-                             + quick_stage(args, "recover") + (["stages.dense.repeats=1"] if args.quick else []),
+                                 f"stages.recover.teacher={teacher_path(args)}"]
+                             + train_stage_overrides(args, "recover") + (["stages.dense.repeats=1"] if args.quick else []),
                              "row": {"pruner": pruner, "pattern": "2:4" if pruner == "nm" else "unstructured",
                                      "sparsity": sparsity, "schedule": "oneshot", "distill": kd}})
     elif part == "gradual":
-        for sparsity in args.sparsities:
-            for kd in (False, True):
-                name = f"conll_magnitude_{int(round(sparsity * 100))}_gradual_{'kd' if kd else 'nokd'}"
-                runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_gradual.yaml",
-                             "overrides": conll_common(args, name) + [
-                                 f"stages.gradual.final_sparsity={sparsity}",
-                                 f"stages.gradual.distill={str(kd).lower()}"]
-                             + quick_stage(args, "gradual", {"prune_every": 1}),
-                             "row": {"pruner": "magnitude", "pattern": "unstructured", "sparsity": sparsity,
-                                     "schedule": "cubic", "distill": kd}})
+        for pruner in args.gradual_pruners:
+            for sparsity in args.sparsities:
+                for kd in (False, True):
+                    name = f"conll_{pruner}_{int(round(sparsity * 100))}_gradual_{'kd' if kd else 'nokd'}"
+                    runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_gradual.yaml",
+                                 "overrides": conll_common(args, name) + [
+                                     f"stages.gradual.pruner={pruner}",
+                                     f"stages.gradual.final_sparsity={sparsity}",
+                                     f"stages.gradual.distill={str(kd).lower()}"]
+                                 + train_stage_overrides(args, "gradual", {"prune_every": 1}),
+                                 "row": {"pruner": pruner, "pattern": "unstructured", "sparsity": sparsity,
+                                         "schedule": "cubic", "distill": kd}})
     elif part == "structured":
         for size, pargs in STRUCTURED_SIZES.items():
             name = f"conll_structured_{size}"
             runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_structured.yaml",
                          "overrides": conll_common(args, name) + [
                              f"stages.shrink.pruner_args={json.dumps(pargs)}"]
-                         + quick_stage(args, "shrink", {"repeats": 2, "calib_samples": 8}),
+                         + train_stage_overrides(args, "shrink", {"repeats": 2, "calib_samples": 8}),
                          "row": {"pruner": "structured", "size": size, **pargs, "distill": True}})
     elif part == "lm":
         settings = [("dense", "magnitude", {"sparsity": 0.0})]
@@ -172,7 +191,7 @@ def needs(part: str, args) -> list[str]:
         return [] if args.lm_data else [WIKI]
     need = [CONLL_TRAIN]
     if part != "teacher":
-        need.append(f"{run_dir(args)}/conll_teacher/model/config.json")
+        need.append(f"{teacher_path(args)}/config.json")
     return need
 
 
@@ -258,7 +277,8 @@ def run_part(part: str, args) -> Path | None:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     record = {"experiment": experiment(part, args), "command": " ".join(["python", "benchmarks/bench_prune.py",
                                                                   *sys.argv[1:]]),
-              "data": data_note(args), "quick": args.quick, "env": describe_environment(),
+              "data": data_note(args), "teacher": teacher_path(args), "recovery_epochs": args.recovery_epochs,
+              "quick": args.quick, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows, "details": details}
     folder = (ROOT / run_dir(args) / "results") if args.quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
@@ -279,6 +299,12 @@ def main() -> int:
     p.add_argument("--full-train", action="store_true", help="CoNLL: train on all 14,041 sentences")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9],
                    help="unstructured sparsities for the oneshot and gradual parts")
+    p.add_argument("--teacher", default="", help="CoNLL parts: this fine-tuned model is the dense start and the "
+                   "distillation teacher instead of the teacher part's (e.g. benchmarks/runs/headline/conll_full/model)")
+    p.add_argument("--recovery-epochs", type=int, default=None,
+                   help="epochs of every recovery / pruning fine-tuning stage (default: the recipes' 2)")
+    p.add_argument("--gradual-pruners", nargs="+", default=list(GRADUAL_PRUNERS), choices=GRADUAL_PRUNERS,
+                   help="pruners of the gradual part (cubic schedule during fine-tuning)")
     p.add_argument("--lm-model", default="smollm2", help="model of the lm part (alias or folder)")
     p.add_argument("--lm-data", default="", help="text file replacing wiki.valid.tokens (smoke tests)")
     p.add_argument("--lm-calib-samples", type=int, default=128,

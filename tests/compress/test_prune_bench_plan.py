@@ -26,7 +26,8 @@ def test_every_planned_run_is_a_valid_recipe(quick):
 
     bench = _bench()
     args = argparse.Namespace(quick=quick, full_train=False, sparsities=[0.5, 0.7, 0.9], lm_model="smollm2",
-                              lm_data="", runs=None, lm_calib_samples=32)
+                              lm_data="", runs=None, lm_calib_samples=32, teacher="", recovery_epochs=None,
+                              gradual_pruners=["magnitude", "movement"])
     counts = {}
     for part in bench.PARTS:
         runs = bench.plan(part, args)
@@ -36,12 +37,13 @@ def test_every_planned_run_is_a_valid_recipe(quick):
             for stage in recipe.stages:
                 build_stage_config(stage, recipe)
             assert recipe.output_dir.endswith(run["name"])
-    assert counts == {"teacher": 1, "oneshot": 6, "gradual": 6, "nm": 2, "structured": 2, "lm": 7}
+    assert counts == {"teacher": 1, "oneshot": 6, "gradual": 12, "nm": 2, "structured": 4, "lm": 7}
 
 
 def test_protocol_variants_get_their_own_experiment_names():
     bench = _bench()
-    base = dict(quick=False, sparsities=[0.9], lm_model="smollm2", lm_data="", runs=None)
+    base = dict(quick=False, sparsities=[0.9], lm_model="smollm2", lm_data="", runs=None, teacher="",
+                recovery_epochs=None, gradual_pruners=["magnitude"])
     fixed = argparse.Namespace(full_train=False, lm_calib_samples=32, **base)
     assert bench.experiment("gradual", fixed) == "prune_gradual" and bench.experiment("lm", fixed) == "prune_lm"
     full = argparse.Namespace(full_train=True, lm_calib_samples=32, **base)
@@ -53,3 +55,29 @@ def test_protocol_variants_get_their_own_experiment_names():
     assert all(r["name"].endswith("_calib128") and "stages.prune.calib_samples=128" in r["overrides"]
                for r in runs)
     assert "first 128 windows" in bench.data_note(calib)
+
+
+def test_teacher_and_recovery_epochs_reach_every_conll_run():
+    """--teacher replaces the teacher part's model as the start and the distillation teacher of every
+    CoNLL run; --recovery-epochs sets the epochs of every recovery stage (not the teacher's)."""
+    from sparseft.config.recipe import load_recipe
+
+    bench = _bench()
+    args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
+                              runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=3,
+                              gradual_pruners=["movement"])
+    assert bench.needs("structured", args)[-1] == "/x/teacher/config.json"
+    for part in ("oneshot", "gradual", "nm", "structured"):
+        for run in bench.plan(part, args):
+            recipe = load_recipe(ROOT / run["recipe"], run["overrides"])
+            assert recipe.model == "/x/teacher"
+            trained = [st.params for st in recipe.stages if "epochs" in st.params]
+            assert trained and all(st["epochs"] == 3 for st in trained), run["name"]
+            assert all(st["eval_every"] == "never" for st in trained), "no checkpoint may be chosen on dev"
+            assert all(st.params.get("teacher", "/x/teacher") == "/x/teacher" for st in recipe.stages)
+    gradual = bench.plan("gradual", args)
+    assert [r["name"] for r in gradual] == ["conll_movement_90_gradual_nokd", "conll_movement_90_gradual_kd"]
+    assert all("stages.gradual.pruner=movement" in r["overrides"] for r in gradual)
+    assert "teacher = /x/teacher" in bench.data_note(args) and "3 epochs" in bench.data_note(args)
+    teacher_run = bench.plan("teacher", args)[0]
+    assert not any("epochs" in o for o in teacher_run["overrides"])
