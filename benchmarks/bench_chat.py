@@ -4,7 +4,7 @@ Parts (each runs in its own subprocess, so its peak memory is its own):
   base         the model before training: validation response loss / perplexity (+ 3 samples)
   full         full fine-tuning, loss on assistant tokens only (prompt masking on)
   full_nomask  full fine-tuning, loss on every token (prompt masking off, DeepSpeed-Chat parity)
-  sparse       sparse fine-tuning, magnitude mask, density 1% of the Linear weights (not lm_head)
+  sparse       sparse fine-tuning, the default mask (fisher), density 1% of the Linear weights (not lm_head)
   lora         LoRA on the same Linear layers, rank chosen so its trainable count is closest to
                sparse's (`lora_dim_for_density: 0.01`); both counts are in the record
 Per training part: response loss and perplexity after training, trainable parameters, median
@@ -15,9 +15,13 @@ peak) and the whole process's peak RSS (model loading included).
 Data (fixed and stated in every record): train = the first `--train-limit` (300) records of
 ../shared/data/dolly_open_qa/train.jsonl in file order; eval = validation.jsonl, all 374 records
 (or the first `--eval-limit`). Template: the model's chat template (ChatML with SmolLM2's default
-system prompt). Hyper-parameters fixed before any run, not tuned on validation: 1 epoch,
-micro-batch 4, max_seq_len 256, warm-up 10%, weight decay 0, no best-checkpoint selection
-(eval_every never: the reported loss is the final model's); lr 2e-5 (full), 2e-4 (sparse, LoRA).
+system prompt). Hyper-parameters, not tuned on validation: 1 epoch, micro-batch 4, max_seq_len
+256, warm-up 10%, weight decay 0, no best-checkpoint selection (eval_every never: the reported
+loss is the final model's), mixed precision the default ("auto": bf16 where it measures faster);
+learning rates = the shipped chat defaults (DEFAULT_LR chat_full / chat_sparse / chat_lora in
+sparseft/train/defaults.py), which come from the held-out sweep benchmarks/sweep_chat.py.
+`--heldout N` (used by that sweep) scores on N records held out of train.jsonl instead of
+validation.jsonl.
 
 Usage:
     python benchmarks/bench_chat.py                          # all parts, then a summary
@@ -42,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from sparseft.train.defaults import DEFAULT_LR
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "dolly_open_qa"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,10 +59,14 @@ def recipe_for(part: str, args) -> dict:
     """The recipe of one part (saved in its record; `sparseft run` reproduces it)."""
     data = {"task": "lm", "train": str(DATA / "train.jsonl"), "eval": str(DATA / "validation.jsonl"),
             "train_limit": args.train_limit}
-    if args.eval_limit:
+    heldout = getattr(args, "heldout", 0)
+    if heldout:   # score on a seeded 10% of train.jsonl (never validation.jsonl)
+        data.update(eval="", eval_limit=heldout)
+    elif args.eval_limit:
         data["eval_limit"] = args.eval_limit
     stages = [{"name": "data", "method": "chat_data", "max_seq_len": args.max_seq_len,
-               "loss_on": "all" if part == "full_nomask" else "assistant"}]
+               "loss_on": "all" if part == "full_nomask" else "assistant",
+               **({"eval_fraction": 0.1, "split_seed": 1234} if heldout else {})}]
     evaluate = {"method": "chat_eval", "batch_size": 8}
     if part == "base":
         stages.append({"name": "before", **evaluate, "samples": 3, "generate": {"max_new_tokens": 48}})
@@ -65,10 +75,10 @@ def recipe_for(part: str, args) -> dict:
         train = {"epochs": 1, "max_steps": args.max_steps, "batch_size": args.batch_size, "grad_accum": 1,
                  "lr": {"full": args.lr_full, "sparse": args.lr_sparse, "lora": args.lr_lora}[mode],
                  "weight_decay": 0.0, "warmup_ratio": 0.1, "eval_every": "never", "log_every": 5,
-                 "resume": False, "group_by_length": False, "progress": False, "mixed_precision": "no"}
+                 "resume": False, "group_by_length": False, "progress": False}
         sft = {"name": "sft", "method": "chat_sft", "mode": mode, "train": train}
         if mode == "sparse":
-            sft.update(mask="magnitude", density=args.density)
+            sft.update(density=args.density)
         if mode == "lora":
             sft.update(lora_dim_for_density=args.density, lora_module_name="layers.")
         stages += [sft, {"name": "after", **evaluate, "samples": 3, "generate": {"max_new_tokens": 48}}]
@@ -154,7 +164,8 @@ def _write(name: str, record: dict, stamp: str, smoke: bool) -> Path:
 
 
 DEFAULTS = {"model": "smollm2", "train_limit": 300, "eval_limit": 0, "max_steps": None, "max_seq_len": 256,
-            "batch_size": 4, "density": 0.01, "lr_full": 2e-5, "lr_sparse": 2e-4, "lr_lora": 2e-4, "seed": 42}
+            "batch_size": 4, "density": 0.01, "lr_full": DEFAULT_LR["chat_full"],
+            "lr_sparse": DEFAULT_LR["chat_sparse"], "lr_lora": DEFAULT_LR["chat_lora"], "seed": 42}
 
 
 def main() -> int:
