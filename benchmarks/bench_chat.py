@@ -20,8 +20,9 @@ system prompt). Hyper-parameters, not tuned on validation: 1 epoch, micro-batch 
 loss is the final model's), mixed precision the default ("auto": bf16 where it measures faster);
 learning rates = the shipped chat defaults (DEFAULT_LR chat_full / chat_sparse / chat_lora in
 sparseft/train/defaults.py), which come from the held-out sweep benchmarks/sweep_chat.py.
-`--heldout N` (used by that sweep) scores on N records held out of train.jsonl instead of
-validation.jsonl.
+For that sweep, `recipe_for` with `heldout=N` in its settings scores on N records held out of
+train.jsonl instead of validation.jsonl (no command-line flag: bench_chat's records are always
+validation scores).
 
 Usage:
     python benchmarks/bench_chat.py                          # all parts, then a summary
