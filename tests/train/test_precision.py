@@ -113,3 +113,27 @@ def test_two_runs_in_one_process_may_choose_different_precisions(tmp_path, fresh
     assert first.mixed_precision == "no"
     second = make_accelerator(TrainConfig(output_dir=str(tmp_path / "b"), mixed_precision="bf16"))
     assert second.mixed_precision == "bf16"
+
+
+def test_the_trained_model_runs_in_its_own_precision_again(tmp_path, tiny_bert_dir, fresh_accelerate_state):
+    """Accelerate wraps `model.forward` in autocast under bf16; train() must hand the model back
+    without that wrapper (evaluation and timing after training would otherwise run in bf16)."""
+    from sparseft.load.model import load_model
+    from sparseft.load.tokenize import PadCollator
+    from sparseft.train.config import TrainConfig
+    from sparseft.train.loop import train
+
+    model = load_model(str(tiny_bert_dir), "ner", labels=["A", "B"])
+    class_forward = type(model).forward
+    data = [{"input_ids": [5, 6, 7, 8], "attention_mask": [1] * 4, "labels": [0, 1, 0, 1]}] * 8
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, mixed_precision="bf16",
+                      eval_every="never", progress=False, resume=False)
+    train(model, data, cfg, collate_fn=PadCollator(0))
+    seen = []
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda mod, inp, out: seen.append((torch.is_autocast_enabled("cpu"), out.dtype)))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, 3, dtype=torch.long))
+    assert seen == [(False, torch.float32)]
+    assert "_original_forward" not in model.__dict__ and "forward" not in model.__dict__
+    assert type(model).forward is class_forward

@@ -86,6 +86,23 @@ def make_accelerator(cfg: TrainConfig, probe: Probe | None = None) -> Accelerato
                        cpu=not torch.cuda.is_available() and not plugins, **plugins)
 
 
+def drop_autocast_wrapper_(model: torch.nn.Module) -> None:
+    """Undo the forward patch of `Accelerator.prepare` under mixed precision.
+
+    With bf16 / fp16, Accelerate replaces `model.forward` by an autocast-wrapped copy and keeps the
+    old one in `model._original_forward`; `unwrap_model` leaves that patch in place. Without this,
+    the model handed back by `train()` would keep running in bf16 autocast: evaluation and timing
+    after training would silently measure another precision than the saved fp32 weights give.
+    """
+    original = model.__dict__.pop("_original_forward", None)
+    if original is None:
+        return
+    if getattr(original, "__func__", None) is type(model).forward:
+        model.__dict__.pop("forward", None)  # it was the class's forward: no instance attribute left
+    else:
+        model.forward = original
+
+
 def _forget_other_precision(precision: str) -> None:
     """Accelerate keeps one AcceleratorState per process and refuses an Accelerator with another
     mixed precision. Two train() calls in one process can choose differently ('auto' probes each
@@ -314,6 +331,7 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
     # ---- finish: best weights back into the model ---------------------------------------------
     accelerator.wait_for_everyone()
     raw = accelerator.unwrap_model(model)
+    drop_autocast_wrapper_(raw)  # the caller's model runs in its own precision again
     if engine:  # gather the full state on every rank into the caller's (unsharded) model
         raw = distributed.copy_back_(original, raw, engine)
     if cfg.gradient_checkpointing:
