@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -109,8 +111,6 @@ def run_row(row: str, smoke: bool) -> dict:
         return record | {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
     stages = json.loads((out / "metrics.json").read_text())["stages"]
     fin, dev = stages["finetune"], stages["dev"]
-    import yaml
-
     recipe = yaml.safe_load((out / "recipe.yaml").read_text()) if (out / "recipe.yaml").exists() else {}
     stage = next((s for s in recipe.get("stages", []) if s.get("name") == "finetune"), {})
     record.update(score=dev[METRIC[task]], metric=METRIC[task], trainable=fin.get("trainable_params"),
@@ -167,6 +167,7 @@ def main() -> int:
     reused = json.loads(args.reuse.read_text()) if args.reuse else None
     from sparseft.utils.env import describe_environment
     from sparseft.utils.hardware import detect
+    from sparseft.utils.io import atomic_write_text
 
     env, hardware = describe_environment(), detect().to_dict()
     failed = False
@@ -196,8 +197,6 @@ def main() -> int:
                       "runs_planned": len(old) + len(todo), "rows": rows, "targets": targets(task, rows)}
             if reused:
                 record["reused_from"] = str(args.reuse)
-            from sparseft.utils.io import atomic_write_text
-
             atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
         print(f"wrote {path.relative_to(ROOT)}")
     return 1 if failed else 0

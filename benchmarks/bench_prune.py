@@ -81,6 +81,8 @@ def run_dir(args) -> str:
 def experiment(part: str, args) -> str:
     """Record name: variants of the fixed protocol get their own BENCHMARKS.md section."""
     name = f"prune_{part}"
+    if part == "gradual" and list(args.gradual_pruners) == ["movement"]:
+        name += "_movement"   # its own record beside the magnitude rows (BENCHMARKS.md shows the newest per name)
     if args.full_train and part != "lm":
         name += "_fulltrain"
     if part == "lm" and args.lm_calib_samples != 32:

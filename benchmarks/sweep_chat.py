@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import subprocess
@@ -34,24 +33,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "sweep_chat"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_chat  # noqa: E402  the chat protocol: one recipe builder for the benchmark and its sweep
+
 GRIDS = {"full": (1e-5, 2e-5, 5e-5), "sparse": (2e-4, 1e-3, 3e-3), "lora": (2e-4, 1e-3, 3e-3)}
-
-
-def _bench_chat():
-    spec = importlib.util.spec_from_file_location("bench_chat", ROOT / "benchmarks" / "bench_chat.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def row_recipe(mode: str, lr: float, out: Path, args) -> dict:
     """bench_chat's recipe for `mode`, at `lr`, scored on the held-out slice of train."""
-    bench = _bench_chat()
-    settings = argparse.Namespace(**{**bench.DEFAULTS, "model": args.model, "heldout": args.heldout,
+    settings = argparse.Namespace(**{**bench_chat.DEFAULTS, "model": args.model, "heldout": args.heldout,
                                      f"lr_{mode}": lr})
     if args.smoke:
         settings.train_limit, settings.heldout, settings.max_steps, settings.max_seq_len = 8, 4, 2, 128
-    recipe = bench.recipe_for(mode, settings)
+    recipe = bench_chat.recipe_for(mode, settings)
     recipe["output_dir"] = str(out)
     recipe["stages"] = [st for st in recipe["stages"] if st["method"] != "chat_eval"]
     recipe["stages"].append({"name": "heldout", "method": "chat_eval", "batch_size": 8})

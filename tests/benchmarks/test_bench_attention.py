@@ -4,17 +4,12 @@ returns its fields, the row list skips fixed windows that cover L, and ratios ar
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_scripts import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "benchmarks" / "bench_attention.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_attention")
 
 
 def test_kernel_rows_on_tiny_shapes():

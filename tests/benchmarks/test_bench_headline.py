@@ -4,19 +4,13 @@ targets / size ratios are computed from the rows present (no training here)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_scripts import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_headline", ROOT / "benchmarks" / "bench_headline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_headline")
 
 
 @pytest.mark.parametrize("task", ["conll", "banking"])

@@ -3,19 +3,13 @@ class, and the CPU units in BENCHMARKS.md's header line."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from sparseft.utils.hardware import CpuInfo
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_scripts import load_bench
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench(name)
 
 
 def _rows():

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_scripts import load_bench
 
 
 def _summarize():
-    spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks" / "summarize.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("summarize")
 
 
 def test_chat_parts_fold_into_the_summary_with_targets():

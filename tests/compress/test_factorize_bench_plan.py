@@ -4,24 +4,20 @@ validate, with the protocol's sizes and calibration (nothing heavy runs)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 import sparseft.compress.factorize.stage  # noqa: F401  the stages (also imported by sparseft.methods)
 
+from bench_scripts import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_factorize", ROOT / "benchmarks" / "bench_factorize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_factorize")
 
 
 def _args(bench, **kw):

@@ -4,19 +4,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from bench_scripts import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_prune", ROOT / "benchmarks" / "bench_prune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_prune")
 
 
 @pytest.mark.parametrize("quick", [False, True])
@@ -48,6 +46,9 @@ def test_protocol_variants_get_their_own_experiment_names():
     assert bench.experiment("gradual", fixed) == "prune_gradual" and bench.experiment("lm", fixed) == "prune_lm"
     full = argparse.Namespace(full_train=True, lm_calib_samples=32, **base)
     assert bench.experiment("teacher", full) == "prune_teacher_fulltrain"
+    movement = argparse.Namespace(full_train=True, lm_calib_samples=128, **{**base, "gradual_pruners": ["movement"]})
+    assert bench.experiment("gradual", movement) == "prune_gradual_movement_fulltrain"
+    assert bench.experiment("gradual", full) == "prune_gradual_fulltrain"
     assert all("data.train_limit=null" in r["overrides"] for r in bench.plan("gradual", full))
     calib = argparse.Namespace(full_train=False, lm_calib_samples=128, **base)
     assert bench.experiment("lm", calib) == "prune_lm_calib128"

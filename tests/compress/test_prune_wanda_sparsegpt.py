@@ -104,14 +104,9 @@ def test_config_validation_and_budgets():
 
 
 def _reference_module():
-    import importlib.util
-    from pathlib import Path
+    from bench_scripts import load_bench
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_prune_reference.py"
-    spec = importlib.util.spec_from_file_location("bench_prune_reference", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_prune_reference")
 
 
 @pytest.mark.parametrize("nm", [None, (2, 4)])
