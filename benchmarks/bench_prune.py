@@ -12,11 +12,17 @@ process, so its peak memory is its own):
   teacher     dense MiniLM fine-tuned on the fixed CoNLL subset (the teacher; other CoNLL parts need it)
   oneshot     magnitude (global) at 50/70/90%: F1 right after pruning and after 2 epochs of
               recovery fine-tuning with fixed masks, with and without distillation
-  gradual     cubic-schedule magnitude pruning during 2 epochs of fine-tuning, +/- distillation
+  gradual     cubic-schedule pruning during 2 epochs of fine-tuning, +/- distillation: magnitude and
+              movement (`--gradual-pruners`; a movement-only run gets its own record name)
   nm          2:4 magnitude, then recovery fine-tuning, +/- distillation
   structured  FFN neurons + blocks physically removed at two sizes, KD fine-tuning, CPU speedup
   lm          SmolLM2-135M on WikiText-2: dense, and magnitude / Wanda / SparseGPT at 50%
               unstructured and 2:4 (the Wanda paper's table shape)
+
+Full-data protocol (issue 16 item 4): `--full-train --teacher benchmarks/runs/headline/conll_full/model
+--recovery-epochs 2` starts every CoNLL run from the full-data headline model (bench_headline.py's
+`conll:full` row: all of eng.train, 3 epochs, shipped defaults) and distills from it. Training
+stages never evaluate on dev (eval_every never): the final model is the one scored.
 
 Data (stated in every record): CoNLL training = the first 2,000 sentences of eng.train in file
 order (`--full-train`: all 14,041), dev = all 3,250 sentences of eng.testa. WikiText-2: 512-token
@@ -72,6 +78,20 @@ def teacher_path(args) -> str:
     """The dense fine-tuned model every CoNLL pruning run starts from and distills from: the teacher
     part's, or `--teacher` (e.g. the full-data headline row's model, benchmarks/bench_headline.py)."""
     return args.teacher or f"{run_dir(args)}/conll_teacher/model"
+
+
+def fine_prune_start(pruner: str, args) -> list[str]:
+    """Movement pruning starts from the *pretrained* model and fine-tunes while pruning, distilling
+    from the teacher (Sanh et al. 2020's fine-pruning). Started from the already fine-tuned teacher
+    its scores -sum(grad * W) are gradient noise times |W|, and the lowest ones are mostly large
+    weights (record prune_gradual_movement_fulltrain-20261202T012539: F1 0 at 50-90%).
+    Overrides: the pretrained start, the teacher, the full fine-tuning lr and the teacher's epochs."""
+    if pruner != "movement" or args.movement_start != "pretrained":
+        return []
+    from sparseft.train.defaults import DEFAULT_LR
+
+    return [f"model={args.pretrained}", f"stages.gradual.teacher={teacher_path(args)}",
+            f"stages.gradual.lr={DEFAULT_LR['train']}", f"stages.gradual.epochs={args.fine_prune_epochs}"]
 
 
 def run_dir(args) -> str:
@@ -146,14 +166,18 @@ def plan(part: str, args) -> list[dict]:
             for sparsity in args.sparsities:
                 for kd in (False, True):
                     name = f"conll_{pruner}_{int(round(sparsity * 100))}_gradual_{'kd' if kd else 'nokd'}"
+                    start = fine_prune_start(pruner, args)
+                    if start:
+                        name += "_from_pretrained"
                     runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_gradual.yaml",
                                  "overrides": conll_common(args, name) + [
                                      f"stages.gradual.pruner={pruner}",
                                      f"stages.gradual.final_sparsity={sparsity}",
                                      f"stages.gradual.distill={str(kd).lower()}"]
-                                 + train_stage_overrides(args, "gradual", {"prune_every": 1}),
+                                 + train_stage_overrides(args, "gradual", {"prune_every": 1}) + start,
                                  "row": {"pruner": pruner, "pattern": "unstructured", "sparsity": sparsity,
-                                         "schedule": "cubic", "distill": kd}})
+                                         "schedule": "cubic", "distill": kd,
+                                         "start": "pretrained" if start else "teacher"}})
     elif part == "structured":
         for size, pargs in STRUCTURED_SIZES.items():
             name = f"conll_structured_{size}"
@@ -223,6 +247,16 @@ def run_in_child(spec: dict) -> dict:
         return json.loads(out_file.read_text())
 
 
+def teacher_f1(spec: dict) -> float | None:
+    """Dev F1 of a fine-pruning run's teacher: the dev score in the metrics.json of the run that
+    trained it (e.g. benchmarks/runs/headline/conll_full/metrics.json), None when absent."""
+    teacher = next((o.split("=", 1)[1] for o in spec["overrides"] if o.startswith("stages.gradual.teacher=")), "")
+    metrics = ROOT / teacher / ".." / "metrics.json"
+    if not teacher or not metrics.exists():
+        return None
+    return json.loads(metrics.read_text())["stages"].get("dev", {}).get("f1")
+
+
 def summarize(part: str, spec: dict, result: dict) -> dict:
     """One table row: the run's labels plus its headline numbers."""
     st = result.get("stages", {})
@@ -241,7 +275,9 @@ def summarize(part: str, spec: dict, result: dict) -> dict:
         row["cost"] = final.get("cost")
         return row
     row["f1_dense"] = st["dense"]["f1"]
-    row["delta_f1"] = row["f1"] - row["f1_dense"]
+    if spec["row"].get("start") == "pretrained":   # the dense stage scored the pretrained start
+        row["f1_start"], row["f1_dense"] = row["f1_dense"], teacher_f1(spec)
+    row["delta_f1"] = row["f1"] - row["f1_dense"] if row["f1_dense"] is not None else None
     if "oneshot" in st:
         row["f1_after_prune_no_finetune"] = st["oneshot"]["f1"]
     prune_sec = st.get("recover") or st.get("gradual") or st.get("shrink") or {}
@@ -305,6 +341,12 @@ def main() -> int:
                    "distillation teacher instead of the teacher part's (e.g. benchmarks/runs/headline/conll_full/model)")
     p.add_argument("--recovery-epochs", type=int, default=None,
                    help="epochs of every recovery / pruning fine-tuning stage (default: the recipes' 2)")
+    p.add_argument("--movement-start", choices=("pretrained", "teacher"), default="pretrained",
+                   help="gradual movement pruning starts from the pretrained model (fine-pruning, distilling "
+                   "from the teacher; the default) or from the fine-tuned teacher itself")
+    p.add_argument("--pretrained", default="minilm", help="the pretrained start of fine-pruning runs")
+    p.add_argument("--fine-prune-epochs", type=int, default=3,
+                   help="epochs of a fine-pruning run from the pretrained model (default 3: the teacher's)")
     p.add_argument("--gradual-pruners", nargs="+", default=list(GRADUAL_PRUNERS), choices=GRADUAL_PRUNERS,
                    help="pruners of the gradual part (cubic schedule during fine-tuning)")
     p.add_argument("--lm-model", default="smollm2", help="model of the lm part (alias or folder)")

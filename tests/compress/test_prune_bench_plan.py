@@ -25,7 +25,8 @@ def test_every_planned_run_is_a_valid_recipe(quick):
     bench = _bench()
     args = argparse.Namespace(quick=quick, full_train=False, sparsities=[0.5, 0.7, 0.9], lm_model="smollm2",
                               lm_data="", runs=None, lm_calib_samples=32, teacher="", recovery_epochs=None,
-                              gradual_pruners=["magnitude", "movement"])
+                              gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
+                              pretrained="minilm", fine_prune_epochs=3)
     counts = {}
     for part in bench.PARTS:
         runs = bench.plan(part, args)
@@ -41,7 +42,8 @@ def test_every_planned_run_is_a_valid_recipe(quick):
 def test_protocol_variants_get_their_own_experiment_names():
     bench = _bench()
     base = dict(quick=False, sparsities=[0.9], lm_model="smollm2", lm_data="", runs=None, teacher="",
-                recovery_epochs=None, gradual_pruners=["magnitude"])
+                recovery_epochs=None, gradual_pruners=["magnitude"], movement_start="pretrained",
+                pretrained="minilm", fine_prune_epochs=3)
     fixed = argparse.Namespace(full_train=False, lm_calib_samples=32, **base)
     assert bench.experiment("gradual", fixed) == "prune_gradual" and bench.experiment("lm", fixed) == "prune_lm"
     full = argparse.Namespace(full_train=True, lm_calib_samples=32, **base)
@@ -66,7 +68,8 @@ def test_teacher_and_recovery_epochs_reach_every_conll_run():
     bench = _bench()
     args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
                               runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=3,
-                              gradual_pruners=["movement"])
+                              gradual_pruners=["movement"], movement_start="teacher", pretrained="minilm",
+                              fine_prune_epochs=3)
     assert bench.needs("structured", args)[-1] == "/x/teacher/config.json"
     for part in ("oneshot", "gradual", "nm", "structured"):
         for run in bench.plan(part, args):
@@ -82,3 +85,24 @@ def test_teacher_and_recovery_epochs_reach_every_conll_run():
     assert "teacher = /x/teacher" in bench.data_note(args) and "3 epochs" in bench.data_note(args)
     teacher_run = bench.plan("teacher", args)[0]
     assert not any("epochs" in o for o in teacher_run["overrides"])
+
+
+def test_movement_fine_prunes_from_the_pretrained_model_with_the_teacher_distilling():
+    from sparseft.config.recipe import load_recipe
+    from sparseft.train.defaults import DEFAULT_LR
+
+    bench = _bench()
+    args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
+                              runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=2,
+                              gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
+                              pretrained="minilm", fine_prune_epochs=3)
+    runs = {r["name"]: r for r in bench.plan("gradual", args)}
+    movement = runs["conll_movement_90_gradual_kd_from_pretrained"]
+    recipe = load_recipe(ROOT / movement["recipe"], movement["overrides"])
+    gradual = next(st.params for st in recipe.stages if st.name == "gradual")
+    assert recipe.model == "minilm" and gradual["teacher"] == "/x/teacher"
+    assert gradual["epochs"] == 3 and gradual["lr"] == DEFAULT_LR["train"] and movement["row"]["start"] == "pretrained"
+    magnitude = load_recipe(ROOT / runs["conll_magnitude_90_gradual_kd"]["recipe"],
+                            runs["conll_magnitude_90_gradual_kd"]["overrides"])
+    assert magnitude.model == "/x/teacher"
+    assert next(st.params for st in magnitude.stages if st.name == "gradual")["epochs"] == 2

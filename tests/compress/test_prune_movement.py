@@ -32,3 +32,12 @@ def test_scorer_accumulates_minus_grad_times_weight():
     scorer.update(model)
     scorer.update(model)
     assert torch.allclose(scorer.scores(model)["0.weight"], -2 * lin.weight.detach())
+
+
+def test_one_shot_movement_that_removes_large_weights_warns(bert_ner, ner_batches, monkeypatch):
+    import sparseft.compress.prune.movement as movement
+
+    monkeypatch.setattr(movement, "movement_scores",   # scores that rank the largest weights lowest
+                        lambda model, params, batches: {n: -p.detach().abs().float() for n, p in params})
+    with pytest.warns(UserWarning, match="larger than their tensor's median"):
+        prune_(bert_ner, MovementPruneConfig(sparsity=0.3), batches=ner_batches)

@@ -119,3 +119,32 @@ def test_resume_rebuilds_masks_from_zeros(bert_ner):
     pruner(bert_ner, 7)                # first call after a resume at step 6
     assert pruner.current == pytest.approx(0.5, abs=1e-3)
     assert sparsity_report(bert_ner)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_movement_pruning_that_removes_large_weights_warns(bert_ner):
+    """Movement scores of a fine-tuned model are noise x |W|: when a pruning step removes mostly
+    above-median weights the pruner says so once (magnitude pruning removes none of them)."""
+    import warnings
+
+    from sparseft.compress.prune.common import prunable_weights
+    from sparseft.compress.prune.common import large_weight_share
+
+    names = [n for n, _ in prunable_weights(bert_ner, ["Linear"], IGNORE)]
+    params = dict(bert_ner.named_parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # magnitude: no warning
+        magnitude = GradualPruner(bert_ner, CubicSchedule(0.3, 0.6, start=0, end=2, every=1),
+                                  MagnitudeScorer(names), targets=["Linear"], ignore=IGNORE)
+    assert large_weight_share(bert_ner, {}, magnitude.masks) == 0.0
+    assert magnitude.history[0]["large_weight_share"] == 0.0
+    magnitude.prune_now(bert_ner, 2)   # a later step: measured against the weights still alive
+    assert magnitude.history[-1]["large_weight_share"] == 0.0
+    scorer = MovementScorer(names)
+    scorer.totals = {n: -params[n].detach().abs().float() for n in names}   # big weights "move to zero"
+    with pytest.warns(UserWarning, match="larger than their tensor's median"):
+        movement = GradualPruner(bert_ner, CubicSchedule(0.3, 0.6, start=0, end=2, every=1), scorer,
+                                 targets=["Linear"], ignore=IGNORE)
+    assert movement.history[0]["large_weight_share"] > 0.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # once per run
+        movement.prune_now(bert_ner, 2)

@@ -153,3 +153,25 @@ def apply_masks_(params: Mapping[str, torch.nn.Parameter], masks: Mapping[str, t
     for name, mask in masks.items():
         p = params[name]
         p.mul_(mask.to(device=p.device, dtype=p.dtype))
+
+
+# a pruning step that removes mostly above-median weights is anti-magnitude: warn (movement scores)
+LARGE_WEIGHT_WARNING = 0.6
+
+
+@torch.no_grad()
+def large_weight_share(model: torch.nn.Module, before: Masks, after: Masks) -> float:
+    """Fraction of the entries pruned by going from masks `before` to `after` whose |W| is above the
+    median |W| of their tensor's entries alive before (about 0 for magnitude pruning, about 0.5 for
+    random pruning)."""
+    params = dict(model.named_parameters())
+    above = total = 0
+    for name, keep in after.items():
+        w = params[name].detach().abs()
+        alive = before[name].to(w.device) if name in before else torch.ones_like(w, dtype=torch.bool)
+        new = alive & ~keep.to(w.device)
+        n = int(new.sum())
+        if n:
+            above += int((w[new] > w[alive].median()).sum())
+            total += n
+    return above / total if total else 0.0

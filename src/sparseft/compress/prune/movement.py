@@ -11,13 +11,15 @@ whose gradient pushes it away from zero gets a high score; one decaying toward z
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
 
-from sparseft.compress.prune.common import (apply_masks_, check_allocation, check_sparsity, check_targets,
-                                            default_ignore, default_targets, prunable_weights, select_masks)
+from sparseft.compress.prune.common import (LARGE_WEIGHT_WARNING, apply_masks_, check_allocation, check_sparsity,
+                                            check_targets, default_ignore, default_targets, large_weight_share,
+                                            prunable_weights, select_masks)
 from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
 
@@ -102,6 +104,12 @@ def prune_movement_(model: torch.nn.Module, config: MovementPruneConfig, *, batc
         raise ValueError("movement pruning needs labelled calibration batches")
     params = prunable_weights(model, config.targets, config.ignore)
     masks = select_masks(movement_scores(model, params, batches), config.sparsity, config.allocation)
+    large = large_weight_share(model, {}, masks)
+    if large > LARGE_WEIGHT_WARNING:
+        warnings.warn(f"movement pruning: {large:.0%} of the pruned weights are larger than their tensor's median "
+                      f"|W| (the scores of an already fine-tuned model are gradient noise times |W|); consider "
+                      f"pruner 'magnitude', or movement pruning during fine-tuning from the pretrained model",
+                      stacklevel=2)
     apply_masks_(dict(params), masks)
 
 

@@ -17,13 +17,16 @@ re-applied, so pruned weights are exactly zero at all times:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from sparseft.compress.prune.common import check_sparsity, prunable_weights, select_masks
+from sparseft.compress.prune.common import (LARGE_WEIGHT_WARNING, check_sparsity, large_weight_share,
+                                            prunable_weights, select_masks)
 from sparseft.compress.prune.magnitude import magnitude_scores
+from sparseft.compress.prune.movement import MovementScorer
 from sparseft.masks.mask import Masks, mask_stats, reapply_masks_
 
 
@@ -125,6 +128,7 @@ class GradualPruner:
         self.current = 0.0
         self.history: list[dict] = []
         self.last_step: int | None = None   # None until the first optimizer step is seen
+        self.warned = False
         if schedule.start == 0 and schedule.initial > 0:
             self.prune_now(model, 0)
 
@@ -135,10 +139,18 @@ class GradualPruner:
         scores = self.scorer.scores(model)
         for name, mask in self.masks.items():   # pruned entries stay pruned: masks only shrink
             scores[name] = scores[name].masked_fill(~mask.to(scores[name].device), float("-inf"))
-        self.masks = select_masks(scores, target, self.allocation)
+        before, self.masks = self.masks, select_masks(scores, target, self.allocation)
+        large = large_weight_share(model, before, self.masks)
+        if large > LARGE_WEIGHT_WARNING and isinstance(self.scorer, MovementScorer) and not self.warned:
+            self.warned = True
+            warnings.warn(f"pruning step {step}: {large:.0%} of the newly pruned weights are larger than their "
+                          f"tensor's median |W|. Movement scores of an already fine-tuned model are gradient noise "
+                          f"times |W| and remove the largest weights first; fine-prune from the pretrained model "
+                          f"(distilling from the fine-tuned one) or use pruner 'magnitude'", stacklevel=2)
         self.current = target
         reapply_masks_(model, self.masks)
-        self.history.append({"step": step, "sparsity": target, "density": mask_stats(self.masks)["density"]})
+        self.history.append({"step": step, "sparsity": target, "density": mask_stats(self.masks)["density"],
+                             "large_weight_share": round(large, 4)})
 
     @torch.no_grad()
     def _resume(self, model: torch.nn.Module) -> None:
