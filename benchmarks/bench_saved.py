@@ -44,11 +44,11 @@ def score(name: str, path: str, args) -> dict:
     exe = str(Path(sys.executable).with_name("sparseft"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "metrics.json"
-        cmd = ["sparseft", "eval", path, "--data", args.data, "--cost", "--json", str(out)]
+        cmd = ["sparseft", "eval", path, "--data", args.data, "--cost"]
         if args.eval_limit:
             cmd += ["--eval-limit", str(args.eval_limit)]
         t0 = time.perf_counter()
-        proc = subprocess.run([exe, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run([exe, *cmd[1:], "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
         row = {"model": name, "path": path, "command": shlex.join(cmd), "wall_seconds": time.perf_counter() - t0}
         if proc.returncode != 0 or not out.exists():
             return row | {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
