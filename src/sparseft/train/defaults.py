@@ -29,8 +29,12 @@ DEFAULT_LR = {
     # LoRA 0.637 / 0.793 / 0.765 (record benchmarks/results/sweep_defaults-20261201T113720.json)
     "sft": 3e-3,
     "lora": 3e-3,
-    # chat SFT (`sparseft chat-sft --mode full|sparse|lora`, decoder LMs)
-    "chat_full": 2e-5,
+    # chat SFT (`sparseft chat-sft --mode full|sparse|lora`, decoder LMs): the best of a 3-value grid
+    # per mode in benchmarks/sweep_chat.py (SmolLM2-135M, Dolly open_qa: 300 train records, response
+    # loss on 150 records held out of train.jsonl, never validation), record sweep_chat-20261202T*.json:
+    # full {1e-5, 2e-5, 5e-5} -> 2.640 / 2.610 / 2.578; sparse (fisher 1%) {2e-4, 1e-3, 3e-3} ->
+    # 2.579 / 2.595 / 2.740. Full's best sits at its grid's upper edge and sparse's at its lower edge.
+    "chat_full": 5e-5,
     "chat_sparse": 2e-4,
     "chat_lora": 2e-4,
 }
