@@ -27,8 +27,10 @@ def setup(tiny_bert_dir, tiny_tokenizer, toy_ner_files):
 
 
 def _cfg(tmp_path, name, **kw):
+    # fp32 pinned: 'auto' probes each fresh run, and two fresh runs compared bit for bit could pick
+    # different precisions on a busy avx512_bf16 machine (the resume case is tested on its own below)
     base = dict(output_dir=str(tmp_path / name), epochs=3, batch_size=4, lr=5e-3, warmup_ratio=0.0,
-                progress=False, log_every=1, eval_every="never")
+                progress=False, log_every=1, eval_every="never", mixed_precision="no")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -153,3 +155,25 @@ def test_no_trainable_parameters_is_an_error(setup, tmp_path):
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(model, data.train, _cfg(tmp_path, "frozen"), collate_fn=collate)
+
+
+def test_a_resumed_auto_run_keeps_its_checkpoints_precision(setup, tmp_path, capsys):
+    """mixed_precision 'auto' probes a fresh run; a resumed run must not re-probe (timing noise could
+    pick the other precision mid-run): it keeps the precision recorded in its checkpoint."""
+    from sparseft.train.checkpoint import read_checkpoint_state
+
+    data, fresh, collate = setup
+
+    def kill(model, step):
+        if step == 2:
+            raise _Kill()
+
+    cfg = _cfg(tmp_path, "run", batch_size=8, save_every=1, mixed_precision="auto")
+    with pytest.raises(_Kill):
+        train(fresh(), data.train, cfg, collate_fn=collate, post_step=[kill])
+    recorded = read_checkpoint_state(tmp_path / "run")["train_config"]["resolved_mixed_precision"]
+    assert recorded in ("no", "bf16")
+    capsys.readouterr()
+    train(fresh(), data.train, cfg, collate_fn=collate)
+    out = capsys.readouterr().out
+    assert f"mixed precision auto -> {recorded}: resumed run" in out

@@ -34,11 +34,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sparseft.train.checkpoint import (LoopState, has_checkpoint, load_checkpoint, load_checkpoint_weights,
-                                       load_weights, prepare_run_dir, save_checkpoint, save_weights)
+                                       load_weights, prepare_run_dir, read_checkpoint_state, save_checkpoint,
+                                       save_weights)
 from sparseft.train import distributed
 from sparseft.train.config import TrainConfig
 from sparseft.train.identity import build_identity
-from sparseft.train.precision import Probe, choose_precision, step_probe
+from sparseft.train.precision import PrecisionChoice, Probe, choose_precision, step_probe
 from sparseft.train.schedules import linear_warmup_decay
 
 LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
@@ -72,9 +73,13 @@ def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return model(**batch).loss
 
 
-def make_accelerator(cfg: TrainConfig, probe: Probe | None = None) -> Accelerator:
-    # 'auto': bf16 on GPUs that have it; on CPUs only with native bf16 units and a faster probed step
-    choice = choose_precision(cfg.mixed_precision, probe=probe)
+def make_accelerator(cfg: TrainConfig, probe: Probe | None = None, resumed: str | None = None) -> Accelerator:
+    # 'auto': bf16 on GPUs that have it; on CPUs only with native bf16 units and a faster probed step;
+    # a resumed 'auto' run keeps the precision its checkpoint was trained in (`resumed`), never re-probes
+    if cfg.mixed_precision == "auto" and resumed:
+        choice = PrecisionChoice(resumed, "resumed run: the precision its checkpoint was trained in")
+    else:
+        choice = choose_precision(cfg.mixed_precision, probe=probe)
     if cfg.mixed_precision == "auto":
         choice.log()  # one line: the decision and its reason
     precision = choice.precision
@@ -94,9 +99,11 @@ def drop_autocast_wrapper_(model: torch.nn.Module) -> None:
     the model handed back by `train()` would keep running in bf16 autocast: evaluation and timing
     after training would silently measure another precision than the saved fp32 weights give.
     """
-    original = model.__dict__.pop("_original_forward", None)
-    if original is None:
+    if "_original_forward" not in model.__dict__:
         return
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        return  # a bf16 base with an fp32 head runs only under autocast: bf16 is its own precision
+    original = model.__dict__.pop("_original_forward")
     if getattr(original, "__func__", None) is type(model).forward:
         model.__dict__.pop("forward", None)  # it was the class's forward: no instance attribute left
     else:
@@ -204,8 +211,9 @@ def train(model: torch.nn.Module, train_data: Sequence[dict], cfg: TrainConfig, 
     if param_groups is None:
         default_param_groups(model, cfg.weight_decay)  # nothing trainable: its one-line error, before the probe
     probe_batch = [train_data[i] for i in range(min(len(train_data), cfg.batch_size))]
-    accelerator = make_accelerator(cfg, probe=step_probe(model, collate_fn(probe_batch), loss_fn))
     out = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg, probe=step_probe(model, collate_fn(probe_batch), loss_fn),
+                                   resumed=_checkpoint_precision(cfg, out))
     log_path = out / "log.jsonl"
     metric_name, greater = metric
     is_main = accelerator.is_main_process
@@ -373,20 +381,28 @@ def _evaluate(model, eval_fn, state: LoopState, metric_name: str, greater: bool,
     accelerator.wait_for_everyone()
 
 
+def _checkpoint_precision(cfg: TrainConfig, out: Path) -> str | None:
+    """The mixed precision a resumable checkpoint in `out` was trained in (None: no checkpoint, no
+    resume, or a checkpoint from before this was recorded)."""
+    if not (cfg.resume and cfg.mixed_precision == "auto" and has_checkpoint(out)):
+        return None
+    return read_checkpoint_state(out).get("train_config", {}).get("resolved_mixed_precision")
+
+
 def _checkpoint(out: Path, model, optimizer, scheduler, state: LoopState, cfg: TrainConfig,
                 accelerator: Accelerator, identity: dict) -> None:
     engine = distributed.engine_for(cfg, accelerator.num_processes)
+    saved = {**cfg.to_dict(), "resolved_mixed_precision": accelerator.mixed_precision}
     if engine == "deepspeed":
         return  # DeepSpeed runs write no resume checkpoint (train/distributed.py, docs/scaling.md)
     accelerator.wait_for_everyone()
     if engine == "fsdp":  # every rank gathers (collectives), rank 0 writes the 1-process layout
         distributed.save_sharded_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state,
-                                            cfg.to_dict(), identity, accelerator.is_main_process)
+                                            saved, identity, accelerator.is_main_process)
         accelerator.wait_for_everyone()
         return
     if accelerator.is_main_process:
-        save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.to_dict(),
-                        identity)
+        save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, saved, identity)
     accelerator.wait_for_everyone()
 
 
