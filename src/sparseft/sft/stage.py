@@ -35,6 +35,7 @@ from sparseft.sft.dense_parts import parse_dense_parts
 from sparseft.train.config import TrainConfig, best_metric_for
 from sparseft.train.defaults import DEFAULT_LR
 from sparseft.train.identity import recipe_inputs
+from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import dir_size_bytes
 
 
@@ -101,14 +102,16 @@ def sft_stage(ctx, cfg: SFTConfig, name: str) -> None:
         inputs=recipe_inputs(ctx.recipe, cfg))
     diff.manifest.update({"task": data.task, "labels": data.labels or None, "data": ctx.recipe.data.to_dict()})
     diff_dir = Path(cfg.diff_dir or ctx.output_dir / "diff")
-    save_diff(diff, diff_dir)
+    main = is_main_process()
+    if main:  # every rank holds the same diff; two writers race on the folder exchange
+        save_diff(diff, diff_dir)
     ctx.state[name] = result
     ctx.state[f"{name}_diff"] = diff
     ctx.report.log(name, {
         "mask": cfg.mask, "selected": diff.count, "density": diff.manifest["density"],
         "dense_head_params": diff.dense_count, "dense_part_params": diff.manifest["dense_part_params"],
         "trainable_params": diff.count + diff.dense_count,
-        "diff_path": str(diff_dir), "diff_size_mb": dir_size_bytes(diff_dir) / 2**20,
+        "diff_path": str(diff_dir), "diff_size_mb": dir_size_bytes(diff_dir) / 2**20 if main else None,
         "steps": result.steps, "train_seconds": result.train_seconds,
         "seconds_per_step": result.seconds_per_step, "tokens_per_second": result.tokens_per_second,
         "peak_memory_mb": result.peak_memory_mb, f"best_{result.metric_name}": result.best_metric,
