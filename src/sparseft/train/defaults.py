@@ -33,10 +33,11 @@ DEFAULT_LR = {
     # per mode in benchmarks/sweep_chat.py (SmolLM2-135M, Dolly open_qa: 300 train records, response
     # loss on 150 records held out of train.jsonl, never validation), record sweep_chat-20261202T*.json:
     # full {1e-5, 2e-5, 5e-5} -> 2.640 / 2.610 / 2.578; sparse (fisher 1%) {2e-4, 1e-3, 3e-3} ->
-    # 2.579 / 2.595 / 2.740. Full's best sits at its grid's upper edge and sparse's at its lower edge.
+    # 2.579 / 2.595 / 2.740; LoRA (same count, rank 3) {2e-4, 1e-3, 3e-3} -> 2.696 / 2.605 / 2.580.
+    # Full's and LoRA's best sit at their grids' upper edge, sparse's at its lower edge.
     "chat_full": 5e-5,
     "chat_sparse": 2e-4,
-    "chat_lora": 2e-4,
+    "chat_lora": 3e-3,
 }
 
 
