@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import median_seconds, prepare  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("kernel", "lm", "finetune")
 SUBPARTS = ("conll", "lm_train")  # the two halves of finetune, runnable alone
@@ -59,16 +61,6 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _median_s(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # ---- kernel ---------------------------------------------------------------------------------------
@@ -119,7 +111,7 @@ def kernel_row(spec: dict) -> dict:
         def step():
             attn(qg, kg, vg).sum().backward()
     base = rss_mb()
-    seconds = _median_s(step, spec["repeats"])
+    seconds = median_seconds(step, spec["repeats"], warmup=1)
     out = {"shape": shape, "length": length, "row": row, "mode": mode, "window": window, "seconds": seconds,
            "peak_mb_over_inputs": peak_rss_mb() - base}
     if mode == "fwd_bwd":   # what autograd keeps for the backward (deterministic, unlike RSS)
@@ -388,9 +380,7 @@ def main() -> int:
     p.add_argument("--train-window", type=int, default=256, help="window (+4 sinks) of the SmolLM2 sparse row")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.chdir(ROOT)
+    prepare(ROOT)
     if args.child:
         return child(*args.child)
     if args.smoke:

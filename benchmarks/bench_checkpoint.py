@@ -27,11 +27,9 @@ Results: benchmarks/results/checkpoint-<UTC stamp>.json (+ .md).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import fnmatch
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import result_child, write_records  # noqa: E402
 MODELS = {"minilm": "ner", "smollm2": "lm"}
 MODES = ("full", "sparse", "lora")
 HEADS = ("classifier", "score", "lm_head")
@@ -159,24 +159,15 @@ def main(argv: list[str] | None = None) -> int:
 
     env, records = describe_environment(), []
     for row in selected:
-        t0 = time.perf_counter()
         flags = ["--smoke"] if args.smoke else []
-        proc = subprocess.run([sys.executable, __file__, "run", "--one", row, *flags], capture_output=True, text=True)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        record = json.loads(lines[-1][7:]) if proc.returncode == 0 and lines else {
-            "row": row, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-        record.update(wall_seconds=time.perf_counter() - t0,
-                      command=f"python benchmarks/bench_checkpoint.py run --only {row}")
+        record = result_child(__file__, ["run", "--one", row, *flags], row,
+                              command=f"python benchmarks/bench_checkpoint.py run --only {row}")
         records.append(record)
         print(json.dumps(record))
     if args.smoke:
         print(markdown(records))
         return 1 if any("error" in r for r in records) else 0
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"checkpoint-{stamp}.json"
-    path.write_text(json.dumps({"env": env, "records": records}, indent=2, default=str) + "\n")
-    path.with_suffix(".md").write_text(markdown(records))
+    path = write_records(RESULTS, "checkpoint", env, records, markdown(records))
     print(f"wrote {path.relative_to(ROOT)} and {path.with_suffix('.md').name}")
     return 1 if any("error" in r for r in records) else 0
 

@@ -35,13 +35,14 @@ import copy
 import dataclasses
 import datetime as dt
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import prepare  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2")
 TEACHER = "benchmarks/runs/conll2003_full/model"
@@ -270,9 +271,7 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true",
                    help="tiny random models, a few examples; results under benchmarks/runs/experts_quick")
     args = p.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.chdir(ROOT)
+    prepare(ROOT)
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
         for part in args.only or PARTS:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import sys
 import time
@@ -46,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prune import run_in_child  # noqa: E402  one child runner for every recipe benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import prepare, run_parts  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2")
 METHODS = ("svd", "asvd", "whiten_svd", "fisher_svd")
@@ -286,15 +287,8 @@ def main() -> int:
         if not args.reuse.is_file():
             p.error(f"--reuse {args.reuse}: no such record")
         args.reuse = args.reuse.resolve()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.chdir(ROOT)
-    failed = 0
-    for part in args.only or PARTS:
-        path = run_part(part, args)
-        if path is not None:
-            failed += sum("error" in r for r in json.loads(path.read_text())["rows"])
-    return 1 if failed else 0
+    prepare(ROOT)
+    return run_parts(args.only or PARTS, run_part, args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import math
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import median_seconds  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS = ("torch_fp32", "torch_dyn_int8", "hf_gguf_f16", "llamacpp_f16", "llamacpp_q8_0", "llamacpp_q4_0")
 WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
@@ -61,15 +62,6 @@ def _nll(logits, ids) -> tuple[float, int]:
     logits = torch.as_tensor(logits, dtype=torch.float32)
     target = torch.tensor(ids[1:])
     return float(torch.nn.functional.cross_entropy(logits[:-1], target, reduction="sum")), len(ids) - 1
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def export_file(qtype: str, folder: Path) -> Path:
@@ -105,8 +97,8 @@ def torch_row(row: str, args) -> dict:
         gen = lambda: model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,  # noqa: E731
                                      do_sample=False, pad_token_id=tok.pad_token_id)
         gen()  # warm-up
-        total_s = _median_time(gen, args.repeats)
-        prefill_s = _median_time(lambda: model(input_ids=prompt), args.repeats)
+        total_s = median_seconds(gen, args.repeats)
+        prefill_s = median_seconds(lambda: model(input_ids=prompt), args.repeats)
     out.update(decode_tokens_per_s=args.new_tokens / max(1e-9, total_s - prefill_s),
                prefill_tokens_per_s=args.prompt_len / prefill_s, threads=torch.get_num_threads())
     if row == "torch_fp32":
@@ -170,8 +162,8 @@ def llamacpp_row(row: str, args) -> dict:
                     break
 
         generate()  # warm-up
-        total_s = _median_time(generate, args.repeats)
-        prefill_s = _median_time(prefill, args.repeats)
+        total_s = median_seconds(generate, args.repeats)
+        prefill_s = median_seconds(prefill, args.repeats)
         out.update(decode_tokens_per_s=args.new_tokens / max(1e-9, total_s - prefill_s),
                    prefill_tokens_per_s=args.prompt_len / prefill_s, threads=args.threads)
     return out

@@ -38,7 +38,6 @@ import contextlib
 import copy
 import datetime as dt
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import prepare, run_parts  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2", "train")
 MINILM_ROWS = ("fp32", "bf16_weights", "fp16_weights", "bf16_autocast", "dyn_int8", "dyn_int8_onednn",
@@ -438,9 +439,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.chdir(ROOT)
+    prepare(ROOT)
     if args.child:
         return child(*args.child)
     if args.threads:
@@ -454,12 +453,7 @@ def main() -> int:
         args.train_batch, args.train_steps = 4, 2
         if {"minilm", "train"} & set(args.only or PARTS):
             quick_model(args)
-    failed = 0
-    for part in args.only or PARTS:
-        path = run_part(part, args)
-        if path is not None:
-            failed += sum("error" in r for r in json.loads(path.read_text())["rows"])
-    return 1 if failed else 0
+    return run_parts(args.only or PARTS, run_part, args)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import resource
 import shlex
 import subprocess
@@ -47,6 +46,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import prepare, run_parts  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("teacher", "oneshot", "gradual", "nm", "structured", "lm")
 CONLL_TRAIN = "../shared/data/conll2003/eng.train"
@@ -357,18 +358,10 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", help="only runs whose name contains one of these strings")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.chdir(ROOT)
+    prepare(ROOT)
     if args.child:
         return child(*args.child)
-    failed = 0
-    for part in args.only or PARTS:
-        path = run_part(part, args)
-        if path is not None:
-            rows = json.loads(path.read_text())["rows"]
-            failed += sum("error" in r for r in rows)
-    return 1 if failed else 0
+    return run_parts(args.only or PARTS, run_part, args)
 
 
 if __name__ == "__main__":

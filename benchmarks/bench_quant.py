@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -45,6 +44,8 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import prepare, run_parts  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("linear", "minilm", "smollm2")
 MINILM_ROWS = ("fp32", "dyn_int8", "dyn_int8_int_mm", "dyn_int8_fbgemm", "torch_qdynamic", "torchao_int8",
@@ -427,9 +428,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.chdir(ROOT)
+    prepare(ROOT)
     if args.child:
         return child(*args.child)
     if args.threads:
@@ -440,12 +439,7 @@ def main() -> int:
         args.eval_limit = args.eval_limit or 16
         args.calib_samples, args.windows, args.calib_windows = 8, 2, 2
         args.window_len, args.repeats = min(args.window_len, 64), 2
-    failed = 0
-    for part in args.only or PARTS:
-        path = run_part(part, args)
-        if path is not None:
-            failed += sum("error" in r for r in json.loads(path.read_text())["rows"])
-    return 1 if failed else 0
+    return run_parts(args.only or PARTS, run_part, args)
 
 
 if __name__ == "__main__":

@@ -36,18 +36,17 @@ overwritten) and a markdown table next to it (.md). Run folders go to benchmarks
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import fnmatch
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import result_child, write_records  # noqa: E402
 RUNS = ROOT / "benchmarks" / "runs" / "sft"
 MASKS = ("random", "magnitude", "fisher", "lottery", "regrow", "spiel_ag", "spiel_ma")
 DENSITIES = (0.1, 0.01, 0.001)
@@ -269,20 +268,12 @@ def main() -> int:
     flags = [f for f in ("--full-conll", "--smoke") if getattr(args, f[2:].replace("-", "_"))]
     flags += [f"--lr-full={args.lr_full}", f"--lr-sft={args.lr_sft}", f"--lr-lora={args.lr_lora}"]
     for row in selected:
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "run", "--one", row, *flags], capture_output=True, text=True)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        record = json.loads(lines[-1][7:]) if proc.returncode == 0 and lines else {
-            "row": row, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-        record.update(wall_seconds=time.perf_counter() - t0, smoke=args.smoke, full_conll=args.full_conll,
-                      command=f"python benchmarks/bench_sft.py run --only {row} {' '.join(flags)}".strip())
+        record = result_child(__file__, ["run", "--one", row, *flags], row,
+                              smoke=args.smoke, full_conll=args.full_conll,
+                              command=f"python benchmarks/bench_sft.py run --only {row} {' '.join(flags)}".strip())
         records.append(record)
         print(json.dumps(record))
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"sft-{stamp}.json"
-    path.write_text(json.dumps({"env": env, "records": records}, indent=2, default=str) + "\n")
-    path.with_suffix(".md").write_text(markdown(records))
+    path = write_records(RESULTS, "sft", env, records, markdown(records))
     print(f"wrote {path.relative_to(ROOT)} and {path.with_suffix('.md').name}")
     return 1 if any("error" in r for r in records) else 0
 

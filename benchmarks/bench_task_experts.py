@@ -37,13 +37,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import prepare  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("experts", "full", "sft")
@@ -234,9 +235,7 @@ def main() -> int:
                    help="sparse diffs / task experts learning rate (default: the `sft` default)")
     p.add_argument("--smoke", action="store_true", help="tiny random BERT, 32 rows per task, 3 steps: < 60 s")
     args = p.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.chdir(ROOT)
+    prepare(ROOT)
     from sparseft.load.model import load_tokenizer
 
     if args.smoke:

@@ -22,10 +22,6 @@ the best lr per mode); run folders under benchmarks/runs/sweep_chat/<stamp>/.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "sweep_chat"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_chat  # noqa: E402  the chat protocol: one recipe builder for the benchmark and its sweep
+from benchlib import best_by, prepare, run_grid, utc_stamp, write_json  # noqa: E402
 
 GRIDS = {"full": (1e-5, 2e-5, 5e-5), "sparse": (2e-4, 1e-3, 3e-3), "lora": (2e-4, 1e-3, 3e-3)}
 
@@ -68,12 +65,7 @@ def run_row(mode: str, lr: float, out: Path, args) -> dict:
 
 
 def best_per_mode(rows: list[dict]) -> dict:
-    best: dict[str, dict] = {}
-    for row in rows:
-        loss = row.get("heldout_response_loss")
-        if loss is not None and loss < best.get(row["mode"], {}).get("heldout_response_loss", float("inf")):
-            best[row["mode"]] = {"lr": row["lr"], "heldout_response_loss": loss}
-    return best
+    return best_by(rows, "mode", "heldout_response_loss", minimize=True)
 
 
 def main() -> int:
@@ -85,25 +77,16 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="tiny limits; record under benchmarks/runs/")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.chdir(ROOT)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare(ROOT)
     if args.child:
         mode, lr, out = args.child
-        row = run_row(mode, float(lr), Path(out), args)
-        Path(out, "row.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
+        write_json(Path(out, "row.json"), run_row(mode, float(lr), Path(out), args))
         return 0
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    rows = []
-    for mode in args.only or GRIDS:
-        for lr in GRIDS[mode][:1] if args.smoke else (args.lrs or GRIDS[mode]):
-            out = RUNS / stamp / f"{mode}-lr{lr:g}"
-            cmd = [sys.executable, __file__, "--child", mode, repr(lr), str(out), "--model", args.model,
-                   "--heldout", str(args.heldout)] + (["--smoke"] if args.smoke else [])
-            rc = subprocess.call(cmd)
-            row = json.loads((out / "row.json").read_text()) if rc == 0 else {"mode": mode, "lr": lr, "error": rc}
-            rows.append(row)
-            print(json.dumps(row, default=str), flush=True)
+    stamp = utc_stamp()
+    modes = args.only or list(GRIDS)
+    rows = run_grid(__file__, modes, lambda m: GRIDS[m][:1] if args.smoke else (args.lrs or GRIDS[m]),
+                    RUNS / stamp, ["--model", args.model, "--heldout", str(args.heldout)]
+                    + (["--smoke"] if args.smoke else []), key_field="mode")
     from sparseft.utils.env import describe_environment
     from sparseft.utils.hardware import detect
 
@@ -112,12 +95,9 @@ def main() -> int:
               "data": {"train": "first 300 records of a seeded 90% of dolly_open_qa/train.jsonl (split_seed 1234)",
                        "score": f"response loss on the first {args.heldout} records of the other 10% of "
                                 "train.jsonl (never validation.jsonl)"},
-              "grids": {m: list(args.lrs or GRIDS[m]) for m in (args.only or GRIDS)},
+              "grids": {m: list(args.lrs or GRIDS[m]) for m in modes},
               "rows": rows, "best": best_per_mode(rows)}
-    dest = (RUNS / stamp) if args.smoke else RESULTS
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"sweep_chat-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    path = write_json(((RUNS / stamp) if args.smoke else RESULTS) / f"sweep_chat-{stamp}.json", record)
     print(f"wrote {path.relative_to(ROOT)}")
     return 1 if any("error" in r for r in rows) else 0
 

@@ -37,10 +37,6 @@ Each row runs in its own process. Record: benchmarks/results/sweep_defaults-<UTC
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "conll2003" / "eng.train"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "sweep"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import best_by, prepare, run_grid, utc_stamp, write_json  # noqa: E402
+
 GRIDS = {"sft": (1e-3, 3e-3, 1e-2), "lora": (1e-3, 3e-3, 1e-2), "full": (5e-5, 1e-4, 2e-4),
          "sft_bitfit": (1e-3, 3e-3, 1e-2), "sft_per_tensor": (3e-3,), "sft_fisher8": (3e-3,), "sft_fisher128": (3e-3,),
          "lora_alpha_r": (3e-3, 1e-2), "lora_alpha_4r": (1e-3, 3e-3), "lora_dropout": (3e-3,),
@@ -110,44 +109,33 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="tiny limits; record under benchmarks/runs/")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.chdir(ROOT)
+    prepare(ROOT)
     if args.smoke:
         args.train_limit, args.epochs = 64, 1
     if args.child:
         method, lr, out = args.child
-        row = run_row(method, float(lr), Path(out), args)
-        Path(out, "row.json").write_text(json.dumps(row, indent=2) + "\n")
+        write_json(Path(out, "row.json"), run_row(method, float(lr), Path(out), args))
         return 0
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    rows = []
-    for method in args.only or DEFAULT_METHODS:
-        for lr in GRIDS[method][:1] if args.smoke else (args.lrs or GRIDS[method]):
-            out = RUNS / stamp / f"{method}-lr{lr:g}"
-            cmd = [sys.executable, __file__, "--child", method, repr(lr), str(out), "--model", args.model,
-                   "--train", args.train, "--train-limit", str(args.train_limit), "--epochs", str(args.epochs)]
-            rc = subprocess.call(cmd + (["--smoke"] if args.smoke else []))
-            row = json.loads((out / "row.json").read_text()) if rc == 0 else {"method": method, "lr": lr, "error": rc}
-            rows.append(row)
-            print(json.dumps(row))
+    stamp = utc_stamp()
+    rows = run_grid(__file__, args.only or DEFAULT_METHODS,
+                    lambda m: GRIDS[m][:1] if args.smoke else (args.lrs or GRIDS[m]), RUNS / stamp,
+                    ["--model", args.model, "--train", args.train, "--train-limit", str(args.train_limit),
+                     "--epochs", str(args.epochs)] + (["--smoke"] if args.smoke else []))
     from sparseft.utils.env import describe_environment
     from sparseft.utils.hardware import detect
 
-    best = {}
-    for row in rows:
-        if "heldout_f1" in row and row["heldout_f1"] > best.get(row["method"], {}).get("heldout_f1", -1):
-            best[row["method"]] = {"lr": row["lr"], "heldout_f1": row["heldout_f1"]}
+    best = best_by(rows, "method", "heldout_f1")
     variants = set(args.only or DEFAULT_METHODS) - set(DEFAULT_METHODS)
     name = args.record_name or ("sweep_defaults_extra" if args.lrs else "sweep_variants" if variants else "sweep_defaults")
-    record = {"experiment": name, "command": "python benchmarks/sweep_defaults.py "
-              + " ".join(sys.argv[1:]), "date": stamp, "env": describe_environment(), "hardware": detect().to_dict(), "data": {"train": "CoNLL-2003 eng.train minus a seeded 10% held-out slice "
-              f"(split_seed 0), first {args.train_limit} sentences", "score": "entity F1 on the held-out slice "
-              "of train (never dev)"}, "epochs": args.epochs, "rows": rows, "best": best}
-    dest = (RUNS / stamp) if args.smoke else RESULTS
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"sweep_defaults-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    record = {"experiment": name, "command": "python benchmarks/sweep_defaults.py " + " ".join(sys.argv[1:]),
+              "date": stamp, "env": describe_environment(), "hardware": detect().to_dict(),
+              "data": {"train": "CoNLL-2003 eng.train minus a seeded 10% held-out slice "
+                                f"(split_seed 0), first {args.train_limit} sentences",
+                       "score": "entity F1 on the held-out slice of train (never dev)"},
+              "epochs": args.epochs, "rows": rows, "best": best}
+    path = write_json(((RUNS / stamp) if args.smoke else RESULTS) / f"sweep_defaults-{stamp}.json", record)
     print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

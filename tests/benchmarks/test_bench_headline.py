@@ -46,7 +46,13 @@ def test_targets_and_size_ratio_from_the_rows_present():
     assert out["sft fisher 1% minus full (points; target >= -1.0)"] == pytest.approx(-1.0)
     assert out["best sft 1% (magnitude) minus full (points)"] == pytest.approx(-0.5)
     assert out["sft fisher 1% minus LoRA at the 1% count (points; target >= 0)"] == pytest.approx(0.5)
+    assert out["best sft 1% (magnitude) minus LoRA at the 1% count (points)"] == pytest.approx(1.0)
     assert not any("r8" in k for k in out)                       # the LoRA r8 row failed: no r8 comparison
+    r8 = bench.targets("conll", rows[:-1] + [{"row": "conll:lora:r8", "score": 0.90},
+                                             {"row": "conll:sft:fisher:r8", "score": 0.89},
+                                             {"row": "conll:sft:random:r8", "score": 0.905}])
+    assert r8["sft fisher at LoRA-r8's count minus LoRA r8 (points; target >= 0)"] == pytest.approx(-1.0)
+    assert r8["best sft at LoRA-r8's count (random) minus LoRA r8 (points)"] == pytest.approx(0.5)
     pct = {r["row"]: r.get("artifact_pct_of_dense") for r in bench.with_pct_of_dense(rows)}
     assert pct["conll:full"] == pytest.approx(100) and pct["conll:sft:fisher:0.01"] == pytest.approx(1.5)
     assert pct["conll:lora:r8"] is None
