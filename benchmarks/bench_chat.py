@@ -37,9 +37,7 @@ benchmarks/runs/chat/<part>/; `--smoke` records go to benchmarks/runs/chat/smoke
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -50,6 +48,8 @@ from pathlib import Path
 from sparseft.train.defaults import DEFAULT_LR
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchlib import prepare, utc_stamp  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "dolly_open_qa"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "chat"
@@ -192,13 +192,11 @@ def main() -> int:
         args.train_limit, args.eval_limit, args.max_steps = 40, 40, 10
     if args.smoke:
         args.train_limit, args.eval_limit, args.max_steps, args.max_seq_len = 8, 4, 2, 128
-    os.chdir(ROOT)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare(ROOT)
     if not (DATA / "train.jsonl").exists():
         print(f"skip: {DATA} not found (../shared/data)", file=sys.stderr)
         return 0
-    stamp = args.stamp or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = args.stamp or utc_stamp()
     if args.one:
         record = run_part(args.one, args)
         print(f"wrote {_write(f'chat_{args.one}', record, stamp, args.smoke).relative_to(ROOT)}")

@@ -392,9 +392,9 @@ def _checkpoint_precision(cfg: TrainConfig, out: Path) -> str | None:
 def _checkpoint(out: Path, model, optimizer, scheduler, state: LoopState, cfg: TrainConfig,
                 accelerator: Accelerator, identity: dict) -> None:
     engine = distributed.engine_for(cfg, accelerator.num_processes)
-    saved = {**cfg.to_dict(), "resolved_mixed_precision": accelerator.mixed_precision}
     if engine == "deepspeed":
         return  # DeepSpeed runs write no resume checkpoint (train/distributed.py, docs/scaling.md)
+    saved = {**cfg.to_dict(), "resolved_mixed_precision": accelerator.mixed_precision}
     accelerator.wait_for_everyone()
     if engine == "fsdp":  # every rank gathers (collectives), rank 0 writes the 1-process layout
         distributed.save_sharded_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state,
