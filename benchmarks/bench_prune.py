@@ -70,7 +70,8 @@ def data_note(args) -> str:
     epochs = (f"; recovery / pruning fine-tuning: {args.recovery_epochs} epochs" if args.recovery_epochs
               else "; recovery / pruning fine-tuning: the recipe's epochs (2)")
     return (f"CoNLL-2003: train = eng.train {train}{teacher}{epochs}; dev = eng.testa (3,250 sentences"
-            f"{', first 24 only' if args.quick else ''}). WikiText-2: 512-token windows of wiki.valid.tokens, "
+            f"{', first 24 only' if args.quick else ''}). WikiText-2: 512-token windows of "
+            f"{args.lm_data or 'wiki.valid.tokens'}, "
             f"eval = first 48 windows of the last 10% of the file, calibration = first "
             f"{args.lm_calib_samples} windows of the rest")
 
@@ -106,9 +107,13 @@ def experiment(part: str, args) -> str:
         name += "_movement"   # its own record beside the magnitude rows (BENCHMARKS.md shows the newest per name)
     if args.full_train and part != "lm":
         name += "_fulltrain"
+    if args.recovery_epochs not in (None, 2) and part not in ("lm", "teacher"):
+        name += f"_rec{args.recovery_epochs}"   # a longer recovery is its own protocol, beside the 2-epoch rows
     if part == "lm" and args.lm_calib_samples != 32:
         name += f"_calib{args.lm_calib_samples}"
-    return name
+    if part == "lm" and args.lm_sequential:
+        name += "_seq"
+    return name + args.record_suffix
 
 
 def conll_common(args, name: str, *, teacher_model: bool = True) -> list[str]:
@@ -196,10 +201,14 @@ def plan(part: str, args) -> list[dict]:
                                    else ("magnitude", {"sparsity": 0.5, "allocation": "per_row"}))
                 else:
                     name, pargs = pruner, {"sparsity": 0.5, "pattern": pattern}
+                    if args.lm_sequential:
+                        pargs["sequential"] = True
                 settings.append((f"{pruner}_{pattern.replace(':', 'of')}", name, pargs))
         calib = args.lm_calib_samples
         for label, pruner, pargs in settings:
-            name = f"smollm2_{label}" + (f"_calib{calib}" if calib != 32 else "")
+            name = (f"smollm2_{label}" + (f"_calib{calib}" if calib != 32 else "")
+                    + ("_seq" if args.lm_sequential and pruner != "magnitude" and pruner != "nm" else "")
+                    + args.record_suffix)   # its own output folder too
             over = [f"output_dir={base}/{name}", f"stages.prune.pruner={pruner}",
                     f"stages.prune.pruner_args={json.dumps(pargs)}", f"model={args.lm_model}"]
             if args.lm_data:
@@ -355,6 +364,11 @@ def main() -> int:
     p.add_argument("--lm-calib-samples", type=int, default=128,
                    help="lm part: 512-token calibration windows for Wanda/SparseGPT (default 128, the papers' "
                         "count; 32 = the first protocol, record prune_lm)")
+    p.add_argument("--lm-sequential", action="store_true",
+                   help="lm part: Wanda/SparseGPT calibrate each block's layers in call order on the already "
+                        "pruned layers' outputs (sequential=true; record name suffix _seq)")
+    p.add_argument("--record-suffix", default="",
+                   help="appended to the record name (e.g. _selection for a run on a held-out selection file)")
     p.add_argument("--runs", nargs="+", help="only runs whose name contains one of these strings")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -26,7 +26,8 @@ def test_every_planned_run_is_a_valid_recipe(quick):
     args = argparse.Namespace(quick=quick, full_train=False, sparsities=[0.5, 0.7, 0.9], lm_model="smollm2",
                               lm_data="", runs=None, lm_calib_samples=32, teacher="", recovery_epochs=None,
                               gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
-                              pretrained="minilm", fine_prune_epochs=3)
+                              pretrained="minilm", fine_prune_epochs=3,
+                              lm_sequential=False, record_suffix="")
     counts = {}
     for part in bench.PARTS:
         runs = bench.plan(part, args)
@@ -43,7 +44,8 @@ def test_protocol_variants_get_their_own_experiment_names():
     bench = _bench()
     base = dict(quick=False, sparsities=[0.9], lm_model="smollm2", lm_data="", runs=None, teacher="",
                 recovery_epochs=None, gradual_pruners=["magnitude"], movement_start="pretrained",
-                pretrained="minilm", fine_prune_epochs=3)
+                pretrained="minilm", fine_prune_epochs=3,
+                              lm_sequential=False, record_suffix="")
     fixed = argparse.Namespace(full_train=False, lm_calib_samples=32, **base)
     assert bench.experiment("gradual", fixed) == "prune_gradual" and bench.experiment("lm", fixed) == "prune_lm"
     full = argparse.Namespace(full_train=True, lm_calib_samples=32, **base)
@@ -60,6 +62,26 @@ def test_protocol_variants_get_their_own_experiment_names():
     assert "first 128 windows" in bench.data_note(calib)
 
 
+def test_longer_recovery_sequential_and_suffix_get_their_own_names_and_folders():
+    bench = _bench()
+    base = dict(quick=False, sparsities=[0.5], lm_model="smollm2", lm_data="", runs=None, teacher="",
+                gradual_pruners=["magnitude"], movement_start="pretrained", pretrained="minilm",
+                fine_prune_epochs=3, full_train=True, lm_calib_samples=128)
+    rec4 = argparse.Namespace(recovery_epochs=4, lm_sequential=False, record_suffix="", **base)
+    assert bench.experiment("structured", rec4) == "prune_structured_fulltrain_rec4"
+    assert bench.experiment("gradual", rec4) == "prune_gradual_fulltrain_rec4"
+    rec2 = argparse.Namespace(recovery_epochs=2, lm_sequential=False, record_suffix="", **base)
+    assert bench.experiment("structured", rec2) == "prune_structured_fulltrain"   # the 2-epoch records' name
+    seq = argparse.Namespace(recovery_epochs=None, lm_sequential=True, record_suffix="_selection", **base)
+    assert bench.experiment("lm", seq) == "prune_lm_calib128_seq_selection"
+    runs = {r["name"]: r for r in bench.plan("lm", seq)}
+    gpt = runs["smollm2_sparsegpt_2of4_calib128_seq_selection"]
+    assert '"sequential": true' in " ".join(gpt["overrides"])
+    assert "output_dir=benchmarks/runs/prune_full/smollm2_sparsegpt_2of4_calib128_seq_selection" in gpt["overrides"] \
+        or any(o.endswith("/smollm2_sparsegpt_2of4_calib128_seq_selection") for o in gpt["overrides"])
+    assert "smollm2_dense_calib128_selection" in runs and "smollm2_magnitude_2of4_calib128_selection" in runs
+
+
 def test_teacher_and_recovery_epochs_reach_every_conll_run():
     """--teacher replaces the teacher part's model as the start and the distillation teacher of every
     CoNLL run; --recovery-epochs sets the epochs of every recovery stage (not the teacher's)."""
@@ -69,7 +91,7 @@ def test_teacher_and_recovery_epochs_reach_every_conll_run():
     args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
                               runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=3,
                               gradual_pruners=["movement"], movement_start="teacher", pretrained="minilm",
-                              fine_prune_epochs=3)
+                              fine_prune_epochs=3, lm_sequential=False, record_suffix="")
     assert bench.needs("structured", args)[-1] == "/x/teacher/config.json"
     for part in ("oneshot", "gradual", "nm", "structured"):
         for run in bench.plan(part, args):
@@ -95,7 +117,8 @@ def test_movement_fine_prunes_from_the_pretrained_model_with_the_teacher_distill
     args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
                               runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=2,
                               gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
-                              pretrained="minilm", fine_prune_epochs=3)
+                              pretrained="minilm", fine_prune_epochs=3,
+                              lm_sequential=False, record_suffix="")
     runs = {r["name"]: r for r in bench.plan("gradual", args)}
     movement = runs["conll_movement_90_gradual_kd_from_pretrained"]
     recipe = load_recipe(ROOT / movement["recipe"], movement["overrides"])

@@ -10,7 +10,8 @@ reference code):
      (only real tokens: padding is dropped with the attention mask) into a per-layer statistics
      object, the block is run on all captured inputs, every targeted layer is pruned from its
      statistics, and the *pruned* block is run again to produce the next block's inputs, so
-     later layers are calibrated on what the pruned model actually computes.
+     later layers are calibrated on what the pruned model actually computes. With
+     `sequential=True` step 2 runs group by group inside the block too (see `input_groups`).
 
 Works for any model whose blocks sit in one `nn.ModuleList` with `config.num_hidden_layers`
 entries (Llama family incl. SmolLM2, BERT family, most transformers models). Peak extra memory is
@@ -111,12 +112,17 @@ def _run_block(block: nn.Module, item: BlockInput) -> torch.Tensor:
 @torch.no_grad()
 def layerwise_prune_(model: nn.Module, batches: list[dict], targets: list[str], ignore: list[str],
                      make_stats: Callable[[nn.Linear], LayerStats],
-                     prune_layer: Callable[[str, nn.Linear, LayerStats], None]) -> None:
+                     prune_layer: Callable[[str, nn.Linear, LayerStats], None], *,
+                     sequential: bool = False) -> None:
     """Prune every targeted Linear block by block (see module docstring).
 
     Args:
         make_stats: builds the empty statistics object of one layer.
         prune_layer: (weight fqn, layer, its statistics) -> prunes layer.weight in place.
+        sequential: inside each block, calibrate and prune the layers group by group in call order
+            (layers reading the same input form one group), so e.g. o_proj is calibrated on the
+            outputs of the already pruned q/k/v, and down_proj on those of the pruned gate/up
+            (GPTQ's "true sequential"). One block forward per group instead of one per block.
     """
     selected = {id(p): name for name, p in prunable_weights(model, targets, ignore)}
     blocks_fqn, blocks = find_blocks(model)
@@ -140,32 +146,76 @@ def layerwise_prune_(model: nn.Module, batches: list[dict], targets: list[str], 
     model.eval()
     try:
         for block, layers in zip(blocks, per_block):
-            if not layers:   # nothing targeted here: just pass the inputs on
-                for item in items:
-                    item.hidden = _run_block(block, item)
-                continue
-            stats = {name: make_stats(layer) for name, layer in layers}
-            current: list[torch.Tensor | None] = [None]  # token mask of the batch being run
-
-            def make_hook(s: LayerStats):
-                def hook(module, inp, out):
-                    x = inp[0].detach()                               # [B, T, in]
-                    mask = current[0]
-                    flat = x[mask] if mask is not None and mask.shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
-                    s.add(flat.float())                               # [n_tokens, in]
-                return hook
-
-            handles = [layer.register_forward_hook(make_hook(stats[name])) for name, layer in layers]
-            try:
-                for item in items:
-                    current[0] = item.token_mask
-                    _run_block(block, item)
-            finally:
-                for h in handles:
-                    h.remove()
-            for name, layer in layers:
-                prune_layer(name, layer, stats.pop(name))
+            groups = input_groups(block, layers, items[0]) if sequential and layers else [layers]
+            for group in groups:
+                if group:
+                    _calibrate_and_prune(block, group, items, make_stats, prune_layer)
             for item in items:  # the pruned block's outputs feed the next block
                 item.hidden = _run_block(block, item)
     finally:
         model.train(was_training)
+
+
+def _calibrate_and_prune(block: nn.Module, layers: list[tuple[str, nn.Linear]], items: list[BlockInput],
+                         make_stats: Callable[[nn.Linear], LayerStats],
+                         prune_layer: Callable[[str, nn.Linear, LayerStats], None]) -> None:
+    """Run the block on every calibration batch collecting `layers`' input statistics, then prune them."""
+    stats = {name: make_stats(layer) for name, layer in layers}
+    current: list[torch.Tensor | None] = [None]  # token mask of the batch being run
+
+    def make_hook(s: LayerStats):
+        def hook(module, inp, out):
+            x = inp[0].detach()                               # [B, T, in]
+            mask = current[0]
+            flat = x[mask] if mask is not None and mask.shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
+            s.add(flat.float())                               # [n_tokens, in]
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(stats[name])) for name, layer in layers]
+    try:
+        for item in items:
+            current[0] = item.token_mask
+            _run_block(block, item)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, layer in layers:
+        prune_layer(name, layer, stats.pop(name))
+
+
+@torch.no_grad()
+def input_groups(block: nn.Module, layers: list[tuple[str, nn.Linear]],
+                 item: BlockInput) -> list[list[tuple[str, nn.Linear]]]:
+    """Split a block's layers into groups that read the same input tensor, in call order.
+
+    One probe forward records each layer's input; layers fed the very same tensor (Llama's q/k/v,
+    gate/up; BERT's query/key/value) form one group. The inputs are held until the probe ends, so a
+    freed tensor's memory cannot be reused and make two sequential layers look like one group.
+    """
+    seen: list[tuple[torch.Tensor, list[tuple[str, nn.Linear]]]] = []
+    placed: set[str] = set()
+
+    def make_hook(name: str, layer: nn.Linear):
+        def hook(module, inp, out):
+            if name in placed:
+                return
+            placed.add(name)
+            x = inp[0]
+            for tensor, group in seen:
+                if tensor is x or (tensor.data_ptr() == x.data_ptr() and tensor.shape == x.shape):
+                    group.append((name, layer))
+                    return
+            seen.append((x, [(name, layer)]))
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(name, layer)) for name, layer in layers]
+    try:
+        _run_block(block, item)
+    finally:
+        for h in handles:
+            h.remove()
+    groups = [group for _, group in seen]
+    missing = [(name, layer) for name, layer in layers if name not in placed]
+    if missing:   # never called on this batch: calibrate them last (prune_layer reports no tokens)
+        groups.append(missing)
+    return groups

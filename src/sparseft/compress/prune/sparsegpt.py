@@ -39,6 +39,9 @@ class SparseGPTConfig(BaseConfig):
         pattern: 'unstructured' or 'N:M' (e.g. '2:4', '4:8').
         block_size: columns processed together (a multiple of M for N:M; 128 in the paper).
         damp: dampening added to H's diagonal, as a fraction of its mean diagonal (0.01 in the paper).
+        sequential: inside each transformer block, calibrate the layers group by group in call order
+            (q/k/v, then o_proj on the pruned q/k/v's outputs, then gate/up, then down_proj), as
+            GPTQ's "true sequential"; False (the paper) calibrates a whole block on its dense inputs.
         targets / ignore: which Linear layers inside the transformer blocks are pruned.
     """
 
@@ -46,6 +49,7 @@ class SparseGPTConfig(BaseConfig):
     pattern: str = "unstructured"
     block_size: int = 128
     damp: float = 0.01
+    sequential: bool = False
     targets: list[str] = field(default_factory=default_targets)
     ignore: list[str] = field(default_factory=default_ignore)
 
@@ -147,7 +151,8 @@ def prune_sparsegpt_(model: torch.nn.Module, config: SparseGPTConfig, *, batches
                                block_size=config.block_size, damp=config.damp)
         layer.weight.copy_(new.to(layer.weight.dtype))
 
-    layerwise_prune_(model, batches, config.targets, config.ignore, Hessian, prune_layer)
+    layerwise_prune_(model, batches, config.targets, config.ignore, Hessian, prune_layer,
+                     sequential=config.sequential)
 
 
 register_method(kind="prune", name="sparsegpt", config_cls=SparseGPTConfig, apply_fn=prune_sparsegpt_,

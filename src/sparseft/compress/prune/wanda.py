@@ -39,12 +39,15 @@ class WandaConfig(BaseConfig):
         sparsity: fraction set to zero (unstructured); must equal 1 - N/M for an N:M pattern.
         pattern: 'unstructured' or 'N:M' (e.g. '2:4', '4:8').
         allocation: unstructured comparison group, 'per_row' (paper) or 'per_tensor'.
+        sequential: calibrate each block's layers group by group in call order (see SparseGPTConfig);
+            False (the paper) calibrates a whole block on its dense inputs.
         targets / ignore: which Linear layers inside the transformer blocks are pruned.
     """
 
     sparsity: float = 0.5
     pattern: str = "unstructured"
     allocation: str = "per_row"
+    sequential: bool = False
     targets: list[str] = field(default_factory=default_targets)
     ignore: list[str] = field(default_factory=default_ignore)
 
@@ -91,7 +94,8 @@ def prune_wanda_(model: torch.nn.Module, config: WandaConfig, *, batches=None) -
             mask = select_masks({name: scores}, config.sparsity, config.allocation)[name]
         layer.weight.mul_(mask.to(layer.weight.dtype))
 
-    layerwise_prune_(model, batches, config.targets, config.ignore, InputNorms, prune_layer)
+    layerwise_prune_(model, batches, config.targets, config.ignore, InputNorms, prune_layer,
+                     sequential=config.sequential)
 
 
 register_method(kind="prune", name="wanda", config_cls=WandaConfig, apply_fn=prune_wanda_,
