@@ -48,7 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import prepare, run_parts  # noqa: E402
+from benchlib import add_model_eval_args, add_timing_args, prepare, run_parts  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2", "train")
 MINILM_ROWS = ("fp32", "bf16_weights", "fp16_weights", "bf16_autocast", "dyn_int8", "dyn_int8_onednn",
@@ -58,9 +58,6 @@ LM_ROWS = ("fp32", "bf16_weights", "fp16_weights", "bf16_autocast", "dyn_int8", 
            "static_int8", "torch_qdynamic", "torchao_int8")
 # fp16 SmolLM2 runs ~15x slower than fp32 on CPUs without fp16 units (~15 min): only with --rows
 LM_DEFAULT = tuple(r for r in LM_ROWS if r != "fp16_weights")
-CONLL_DEV = "../shared/data/conll2003/eng.testa"
-CONLL_TRAIN = "../shared/data/conll2003/eng.train"
-WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 
 
 def peak_rss_mb() -> float:
@@ -420,23 +417,14 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny limits, records under benchmarks/runs/")
     p.add_argument("--model-dir", "--model", dest="model_dir", default="benchmarks/runs/conll2003_full/model",
                    help="fine-tuned MiniLM NER folder (the CoNLL-2003 full fine-tuning baseline)")
-    p.add_argument("--eval-limit", type=int, help="CoNLL dev: only the first N sentences")
-    p.add_argument("--calib-samples", type=int, default=128, help="CoNLL train sentences for static int8")
-    p.add_argument("--conll-dev", default=CONLL_DEV, help="CoNLL dev file")
-    p.add_argument("--conll-train", default=CONLL_TRAIN, help="CoNLL train file (calibration, train part)")
-    p.add_argument("--lm-model", default="smollm2", help="decoder of the smollm2 part (alias or folder)")
-    p.add_argument("--wiki", default=WIKI, help="WikiText-2 file (wiki.valid.tokens)")
-    p.add_argument("--windows", type=int, default=48, help="WikiText-2 eval windows")
-    p.add_argument("--calib-windows", type=int, default=32, help="WikiText-2 windows for static int8 calibration")
-    p.add_argument("--window-len", type=int, default=512, help="tokens per window")
+    add_model_eval_args(p, calib_samples_help="CoNLL train sentences for static int8",
+                        conll_train_help="CoNLL train file (calibration, train part)", calib_windows_help="WikiText-2 windows for static int8 calibration")
     p.add_argument("--prompt-tokens", type=int, default=32, help="decoding prompt length")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per decoding run")
     p.add_argument("--decode-repeats", type=int, default=3, help="decoding runs (median)")
     p.add_argument("--train-batch", type=int, default=32, help="sentences per training step (train part)")
     p.add_argument("--train-steps", type=int, default=8, help="timed training steps per precision")
-    p.add_argument("--seq-len", type=int, default=64, help="timing sequence length")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    add_timing_args(p)
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     prepare(ROOT)

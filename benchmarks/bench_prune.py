@@ -13,7 +13,9 @@ process, so its peak memory is its own):
   oneshot     magnitude (global) at 50/70/90%: F1 right after pruning and after 2 epochs of
               recovery fine-tuning with fixed masks, with and without distillation
   gradual     cubic-schedule pruning during 2 epochs of fine-tuning, +/- distillation: magnitude and
-              movement (`--gradual-pruners`; a movement-only run gets its own record name)
+              movement (`--gradual-pruners`; a movement-only run gets its own record name;
+              `--movement-regrow` / `--movement-prune-start` for hard movement with regrowth and
+              a score warm-up)
   nm          2:4 magnitude, then recovery fine-tuning, +/- distillation
   structured  FFN neurons + blocks physically removed at two sizes, KD fine-tuning, CPU speedup
   lm          SmolLM2-135M on WikiText-2: dense, and magnitude / Wanda / SparseGPT at 50%
@@ -96,6 +98,22 @@ def fine_prune_start(pruner: str, args) -> list[str]:
             f"stages.gradual.lr={DEFAULT_LR['train']}", f"stages.gradual.epochs={args.fine_prune_epochs}"]
 
 
+def movement_options(pruner: str, args) -> tuple[str, list[str]]:
+    """Run-name suffix and overrides of the movement-only options: `--movement-regrow` (pruned
+    weights can return, Sanh et al.'s hard movement) and `--movement-prune-start` (a score warm-up:
+    the fraction of the steps trained before the first pruning event)."""
+    if pruner != "movement":
+        return "", []
+    suffix, out = "", []
+    if args.movement_regrow:
+        suffix += "_regrow"
+        out.append("stages.gradual.regrow=true")
+    if args.movement_prune_start:
+        suffix += f"_warm{int(round(args.movement_prune_start * 100))}"
+        out.append(f"stages.gradual.prune_start={args.movement_prune_start}")
+    return suffix, out
+
+
 def run_dir(args) -> str:
     return "benchmarks/runs/prune" + ("_quick" if args.quick else "_full" if args.full_train else "")
 
@@ -175,15 +193,19 @@ def plan(part: str, args) -> list[dict]:
                     start = fine_prune_start(pruner, args)
                     if start:
                         name += "_from_pretrained"
+                    suffix, movement = movement_options(pruner, args)
+                    name += suffix
                     runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_gradual.yaml",
                                  "overrides": conll_common(args, name) + [
                                      f"stages.gradual.pruner={pruner}",
                                      f"stages.gradual.final_sparsity={sparsity}",
                                      f"stages.gradual.distill={str(kd).lower()}"]
-                                 + train_stage_overrides(args, "gradual", {"prune_every": 1}) + start,
+                                 + train_stage_overrides(args, "gradual", {"prune_every": 1}) + start + movement,
                                  "row": {"pruner": pruner, "pattern": "unstructured", "sparsity": sparsity,
                                          "schedule": "cubic", "distill": kd,
-                                         "start": "pretrained" if start else "teacher"}})
+                                         "start": "pretrained" if start else "teacher",
+                                         **({"regrow": args.movement_regrow,
+                                             "prune_start": args.movement_prune_start} if pruner == "movement" else {})}})
     elif part == "structured":
         for size, pargs in STRUCTURED_SIZES.items():
             name = f"conll_structured_{size}"
@@ -220,6 +242,22 @@ def plan(part: str, args) -> list[dict]:
                          "row": {"pruner": label.split("_")[0], "pattern": "2:4" if "2of4" in label
                                  else "unstructured", "sparsity": pargs.get("sparsity", 0.5)}})
     return runs
+
+
+def selection_file(source: Path = ROOT / WIKI, folder: Path = ROOT / "benchmarks" / "runs" / "lm_selection") -> str:
+    """The held-out selection text: the first 90% (int(0.9 * n)) of the lines of wiki.valid.tokens,
+    written once into this script's own folder. The lm part evaluates on the last 10% of whatever
+    file it gets, so options chosen here never see the reported windows (the last 10% of the full
+    file). Returns the path relative to the repository root."""
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    out = folder / "wiki.valid.head90.tokens"
+    text = "".join(lines[: int(0.9 * len(lines))])   # as the selection records were made
+    if not out.exists() or out.read_text(encoding="utf-8") != text:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    return str(out.relative_to(ROOT))
 
 
 def needs(part: str, args) -> list[str]:
@@ -357,6 +395,11 @@ def main() -> int:
     p.add_argument("--pretrained", default="minilm", help="the pretrained start of fine-pruning runs")
     p.add_argument("--fine-prune-epochs", type=int, default=3,
                    help="epochs of a fine-pruning run from the pretrained model (default 3: the teacher's)")
+    p.add_argument("--movement-regrow", action="store_true",
+                   help="gradual movement pruning with regrow=true: pruned weights can return (run name _regrow)")
+    p.add_argument("--movement-prune-start", type=float, default=0.0,
+                   help="gradual movement pruning: fraction of the steps before the first pruning event, a score "
+                        "warm-up (default 0: the recipe's; run name _warm<percent>)")
     p.add_argument("--gradual-pruners", nargs="+", default=list(GRADUAL_PRUNERS), choices=GRADUAL_PRUNERS,
                    help="pruners of the gradual part (cubic schedule during fine-tuning)")
     p.add_argument("--lm-model", default="smollm2", help="model of the lm part (alias or folder)")
@@ -367,6 +410,10 @@ def main() -> int:
     p.add_argument("--lm-sequential", action="store_true",
                    help="lm part: Wanda/SparseGPT calibrate each block's layers in call order on the already "
                         "pruned layers' outputs (sequential=true; record name suffix _seq)")
+    p.add_argument("--lm-selection", action="store_true",
+                   help="lm part on the held-out selection slice: --lm-data = the first 90%% of the lines of "
+                        "wiki.valid.tokens (written to benchmarks/runs/lm_selection/), record suffix _selection; "
+                        "its own eval windows are that file's last 10%%, so the reported windows stay unseen")
     p.add_argument("--record-suffix", default="",
                    help="appended to the record name (e.g. _selection for a run on a held-out selection file)")
     p.add_argument("--runs", nargs="+", help="only runs whose name contains one of these strings")
@@ -375,6 +422,10 @@ def main() -> int:
     prepare(ROOT)
     if args.child:
         return child(*args.child)
+    if args.lm_selection:
+        if args.lm_data:
+            p.error("--lm-selection builds its own --lm-data file; give one of them")
+        args.lm_data, args.record_suffix = selection_file(), args.record_suffix or "_selection"
     return run_parts(args.only or PARTS, run_part, args)
 
 

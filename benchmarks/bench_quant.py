@@ -45,15 +45,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import prepare, run_parts  # noqa: E402
+from benchlib import add_model_eval_args, add_timing_args, prepare, run_parts  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("linear", "minilm", "smollm2")
 MINILM_ROWS = ("fp32", "dyn_int8", "dyn_int8_int_mm", "dyn_int8_fbgemm", "torch_qdynamic", "torchao_int8",
                "rtn_int4", "kmeans16", "nf4", "sparse50_int8", "structured_int8")
 LM_ROWS = ("fp32", "dyn_int8", "rtn_int8", "rtn_int4", "gptq_int4", "nf4")
-CONLL_DEV = "../shared/data/conll2003/eng.testa"
-CONLL_TRAIN = "../shared/data/conll2003/eng.train"
-WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 STRUCTURED_DEFAULTS = ("benchmarks/runs/prune_full/conll_structured_ffn75_drop2/model",
                        "benchmarks/runs/prune/conll_structured_ffn75_drop2/model",
                        "benchmarks/runs/prune_full/conll_structured_ffn50_drop1/model",
@@ -414,18 +411,9 @@ def main() -> int:
                    help="KMeansConfig fields (JSON) of the kmeans16 row")
     p.add_argument("--embed-bits", type=int, default=8, help="embedding bits in the pruned+int8 rows (0: fp32)")
     p.add_argument("--group-size", type=int, default=128, help="group size of int4 RTN / GPTQ")
-    p.add_argument("--eval-limit", type=int, help="CoNLL dev: only the first N sentences")
-    p.add_argument("--calib-samples", type=int, default=128, help="CoNLL train sentences for k-means calibration")
-    p.add_argument("--conll-dev", default=CONLL_DEV, help="CoNLL dev file")
-    p.add_argument("--conll-train", default=CONLL_TRAIN, help="CoNLL train file (calibration)")
-    p.add_argument("--lm-model", default="smollm2", help="decoder of the smollm2 part (alias or folder)")
-    p.add_argument("--wiki", default=WIKI, help="WikiText-2 file (wiki.valid.tokens)")
-    p.add_argument("--windows", type=int, default=48, help="WikiText-2 eval windows")
-    p.add_argument("--calib-windows", type=int, default=32, help="WikiText-2 GPTQ calibration windows")
-    p.add_argument("--window-len", type=int, default=512, help="tokens per window")
-    p.add_argument("--seq-len", type=int, default=64, help="timing sequence length")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    add_model_eval_args(p, calib_samples_help="CoNLL train sentences for k-means calibration", conll_train_help="CoNLL train file (calibration)",
+                        calib_windows_help="WikiText-2 GPTQ calibration windows")
+    add_timing_args(p)
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     prepare(ROOT)

@@ -117,3 +117,29 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> f
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+CONLL_DEV = "../shared/data/conll2003/eng.testa"
+CONLL_TRAIN = "../shared/data/conll2003/eng.train"
+WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
+
+
+def add_model_eval_args(p, *, calib_samples_help: str, conll_train_help: str, calib_windows_help: str) -> None:
+    """The data and timing flags bench_precision.py and bench_quant.py share (same names, defaults
+    and help): CoNLL dev/train files and limits, the SmolLM2 WikiText-2 windows, the timing knobs."""
+    p.add_argument("--eval-limit", type=int, help="CoNLL dev: only the first N sentences")
+    p.add_argument("--calib-samples", type=int, default=128, help=calib_samples_help)
+    p.add_argument("--conll-dev", default=CONLL_DEV, help="CoNLL dev file")
+    p.add_argument("--conll-train", default=CONLL_TRAIN, help=conll_train_help)
+    p.add_argument("--lm-model", default="smollm2", help="decoder of the smollm2 part (alias or folder)")
+    p.add_argument("--wiki", default=WIKI, help="WikiText-2 file (wiki.valid.tokens)")
+    p.add_argument("--windows", type=int, default=48, help="WikiText-2 eval windows")
+    p.add_argument("--calib-windows", type=int, default=32, help=calib_windows_help)
+    p.add_argument("--window-len", type=int, default=512, help="tokens per window")
+
+
+def add_timing_args(p) -> None:
+    """Timing flags shared by the benchmarks that time models in process."""
+    p.add_argument("--seq-len", type=int, default=64, help="timing sequence length")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")

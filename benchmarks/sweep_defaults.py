@@ -91,8 +91,18 @@ def run_row(method: str, lr: float, out: Path, args) -> dict:
     return {"method": method, "lr": lr, "heldout_f1": s["heldout"]["f1"], "steps": s["finetune"].get("steps"),
             "seconds_per_step": s["finetune"].get("seconds_per_step"),
             "trainable_params": s["finetune"].get("trainable_params"),
+            "train_examples": len(ctx.data.train) if ctx.data else None,
             **{k: s["finetune"][k] for k in ("rank", "alpha", "train_seconds", "stage_seconds") if k in s["finetune"]}, "wall_seconds": time.perf_counter() - t0,
             "run_dir": str(out.relative_to(ROOT))}
+
+
+def _train_extent(rows: list[dict], limit: int) -> str:
+    """'first N sentences', or 'all of it (N sentences)' when --train-limit exceeds the train split
+    (the rows report the split's size as train_examples)."""
+    sizes = {r["train_examples"] for r in rows if r.get("train_examples")}
+    if len(sizes) == 1 and next(iter(sizes)) < limit:
+        return f"all of it ({next(iter(sizes))} sentences)"
+    return f"first {limit} sentences"
 
 
 def main() -> int:
@@ -130,7 +140,7 @@ def main() -> int:
     record = {"experiment": name, "command": "python benchmarks/sweep_defaults.py " + " ".join(sys.argv[1:]),
               "date": stamp, "env": describe_environment(), "hardware": detect().to_dict(),
               "data": {"train": "CoNLL-2003 eng.train minus a seeded 10% held-out slice "
-                                f"(split_seed 0), first {args.train_limit} sentences",
+                                f"(split_seed 0), {_train_extent(rows, args.train_limit)}",
                        "score": "entity F1 on the held-out slice of train (never dev)"},
               "epochs": args.epochs, "rows": rows, "best": best}
     path = write_json(((RUNS / stamp) if args.smoke else RESULTS) / f"sweep_defaults-{stamp}.json", record)

@@ -92,3 +92,27 @@ def test_prepare_sets_offline_and_the_cwd(lib, tmp_path, monkeypatch):
     monkeypatch.chdir(os.getcwd())  # restored after the test
     lib.prepare(tmp_path)
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.getcwd() == str(tmp_path)
+
+
+@pytest.mark.parametrize("script", ["bench_precision", "bench_quant"])
+def test_precision_and_quant_share_the_data_and_timing_flags(lib, script):
+    """Both scripts take their common flags from benchlib (one definition): same names and defaults."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / f"{script}.py"), "--help"],
+                         capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--eval-limit", "--calib-samples", "--conll-dev", "--conll-train", "--lm-model", "--wiki",
+                 "--windows", "--calib-windows", "--window-len", "--seq-len", "--repeats", "--threads"):
+        assert flag in out.stdout, flag
+    import argparse
+
+    p = argparse.ArgumentParser()
+    lib.add_model_eval_args(p, calib_samples_help="a", conll_train_help="b", calib_windows_help="c")
+    lib.add_timing_args(p)
+    args = p.parse_args([])
+    assert (args.conll_dev, args.wiki, args.windows, args.calib_windows, args.repeats, args.threads) == (
+        lib.CONLL_DEV, lib.WIKI, 48, 32, 10, 0)

@@ -188,3 +188,17 @@ def test_help_states_a_zero_default_but_not_an_empty_one():
     assert fmt._expand_help(_option(train, "--save-every")).endswith("(default: 0)")
     assert "(default" not in fmt._expand_help(_option(train, "--max-steps"))     # None
     assert "(default" not in fmt._expand_help(_option(train, "--no-cost"))       # store_true
+
+
+def test_prune_cubic_flags_reach_the_stage_and_are_refused_with_oneshot():
+    from sparseft.cli.prune_cmd import build_recipe_dict
+
+    base = ["prune", "--model", "minilm", "--task", "ner", "--method", "movement", "--sparsity", "0.9",
+            "--train", "t.txt", "--epochs", "3", "-o", "/tmp/x"]
+    args = build_parser().parse_args(base + ["--schedule", "cubic", "--prune-start", "0.33", "--regrow"])
+    stage = next(s for s in build_recipe_dict(args)["stages"] if s["method"] == "prune_finetune")
+    assert (stage["prune_start"], stage["regrow"], stage["final_sparsity"]) == (0.33, True, 0.9)
+    assert "prune_end" not in stage                       # unchanged flags keep the config's default
+    args = build_parser().parse_args(base + ["--prune-start", "0.33"])
+    with pytest.raises(ValueError, match="--prune-start only apply with --schedule cubic"):
+        build_recipe_dict(args)

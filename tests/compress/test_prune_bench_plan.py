@@ -26,7 +26,7 @@ def test_every_planned_run_is_a_valid_recipe(quick):
     args = argparse.Namespace(quick=quick, full_train=False, sparsities=[0.5, 0.7, 0.9], lm_model="smollm2",
                               lm_data="", runs=None, lm_calib_samples=32, teacher="", recovery_epochs=None,
                               gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
-                              pretrained="minilm", fine_prune_epochs=3,
+                              pretrained="minilm", fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0,
                               lm_sequential=False, record_suffix="")
     counts = {}
     for part in bench.PARTS:
@@ -44,7 +44,7 @@ def test_protocol_variants_get_their_own_experiment_names():
     bench = _bench()
     base = dict(quick=False, sparsities=[0.9], lm_model="smollm2", lm_data="", runs=None, teacher="",
                 recovery_epochs=None, gradual_pruners=["magnitude"], movement_start="pretrained",
-                pretrained="minilm", fine_prune_epochs=3,
+                pretrained="minilm", fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0,
                               lm_sequential=False, record_suffix="")
     fixed = argparse.Namespace(full_train=False, lm_calib_samples=32, **base)
     assert bench.experiment("gradual", fixed) == "prune_gradual" and bench.experiment("lm", fixed) == "prune_lm"
@@ -66,7 +66,7 @@ def test_longer_recovery_sequential_and_suffix_get_their_own_names_and_folders()
     bench = _bench()
     base = dict(quick=False, sparsities=[0.5], lm_model="smollm2", lm_data="", runs=None, teacher="",
                 gradual_pruners=["magnitude"], movement_start="pretrained", pretrained="minilm",
-                fine_prune_epochs=3, full_train=True, lm_calib_samples=128)
+                fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0, full_train=True, lm_calib_samples=128)
     rec4 = argparse.Namespace(recovery_epochs=4, lm_sequential=False, record_suffix="", **base)
     assert bench.experiment("structured", rec4) == "prune_structured_fulltrain_rec4"
     assert bench.experiment("gradual", rec4) == "prune_gradual_fulltrain_rec4"
@@ -91,7 +91,7 @@ def test_teacher_and_recovery_epochs_reach_every_conll_run():
     args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
                               runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=3,
                               gradual_pruners=["movement"], movement_start="teacher", pretrained="minilm",
-                              fine_prune_epochs=3, lm_sequential=False, record_suffix="")
+                              fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0, lm_sequential=False, record_suffix="")
     assert bench.needs("structured", args)[-1] == "/x/teacher/config.json"
     for part in ("oneshot", "gradual", "nm", "structured"):
         for run in bench.plan(part, args):
@@ -117,7 +117,7 @@ def test_movement_fine_prunes_from_the_pretrained_model_with_the_teacher_distill
     args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
                               runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=2,
                               gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
-                              pretrained="minilm", fine_prune_epochs=3,
+                              pretrained="minilm", fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0,
                               lm_sequential=False, record_suffix="")
     runs = {r["name"]: r for r in bench.plan("gradual", args)}
     movement = runs["conll_movement_90_gradual_kd_from_pretrained"]
@@ -129,3 +129,37 @@ def test_movement_fine_prunes_from_the_pretrained_model_with_the_teacher_distill
                             runs["conll_magnitude_90_gradual_kd"]["overrides"])
     assert magnitude.model == "/x/teacher"
     assert next(st.params for st in magnitude.stages if st.name == "gradual")["epochs"] == 2
+
+
+def test_movement_regrow_and_warm_up_get_their_own_run_names_and_overrides():
+    from sparseft.config.recipe import load_recipe
+    from sparseft.methods import build_stage_config
+
+    bench = _bench()
+    args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
+                              runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=None,
+                              gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
+                              pretrained="minilm", fine_prune_epochs=3, movement_regrow=True,
+                              movement_prune_start=0.33, lm_sequential=False, record_suffix="")
+    runs = {r["name"]: r for r in bench.plan("gradual", args)}
+    assert "conll_magnitude_90_gradual_kd" in runs           # magnitude rows are untouched
+    assert not any("regrow" in o for o in runs["conll_magnitude_90_gradual_kd"]["overrides"])
+    movement = runs["conll_movement_90_gradual_kd_from_pretrained_regrow_warm33"]
+    assert movement["row"]["regrow"] is True and movement["row"]["prune_start"] == 0.33
+    recipe = load_recipe(ROOT / movement["recipe"], movement["overrides"])
+    stage = next(st for st in recipe.stages if st.name == "gradual")
+    _, cfg = build_stage_config(stage, recipe)
+    assert cfg.regrow is True and cfg.prune_start == pytest.approx(0.33)
+
+
+def test_selection_file_is_the_first_90_percent_of_the_lines(tmp_path):
+    bench = _bench()
+    src = tmp_path / "wiki.valid.tokens"
+    src.write_text("".join(f"line {i}\n" for i in range(25)), encoding="utf-8")
+    folder = tmp_path / "runs" / "lm_selection"
+    bench.ROOT = tmp_path           # paths come back relative to the repository root
+    rel = bench.selection_file(src, folder)
+    assert rel == "runs/lm_selection/wiki.valid.head90.tokens"
+    lines = (tmp_path / rel).read_text(encoding="utf-8").splitlines()
+    assert lines == [f"line {i}" for i in range(22)]      # int(0.9 * 25) = 22: the last 3 lines stay unseen
+    assert bench.selection_file(src, folder) == rel       # idempotent

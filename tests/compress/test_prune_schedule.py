@@ -148,3 +148,60 @@ def test_movement_pruning_that_removes_large_weights_warns(bert_ner):
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # once per run
         movement.prune_now(bert_ner, 2)
+
+
+def _linear_pruner(sparsities=(0.5, 0.5), regrow=True):
+    """One Linear, movement scores set by hand, a 2-event ramp (step 0 and step 1)."""
+    lin = torch.nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.arange(1.0, 9.0).reshape(2, 4))
+    model = torch.nn.Sequential(lin)
+    scorer = MovementScorer(["0.weight"])
+    scorer.totals = {"0.weight": torch.arange(8.0).reshape(2, 4)}      # entries 0-3 lowest
+    pruner = GradualPruner(model, CubicSchedule(*sparsities, start=0, end=1, every=1), scorer,
+                           targets=["Linear"], ignore=[], regrow=regrow)
+    return model, lin, scorer, pruner
+
+
+@pytest.mark.filterwarnings("ignore:pruning step")
+def test_regrow_brings_back_a_pruned_weight_with_its_held_value():
+    model, lin, scorer, pruner = _linear_pruner()
+    first = pruner.masks["0.weight"].flatten()
+    assert first.tolist() == [False] * 4 + [True] * 4 and (lin.weight.flatten()[:4] == 0).all()
+    # entry 0 (held value 1.0) now scores highest, entry 7 lowest: they swap at the next event
+    scorer.totals["0.weight"] = torch.tensor([[9.0, 0, 0, 0], [4, 5, 6, -1]])
+    pruner.prune_now(model, 1)
+    flat = lin.weight.detach().flatten()
+    assert pruner.masks["0.weight"].flatten().tolist() == [True, False, False, False, True, True, True, False]
+    assert flat.tolist() == [1.0, 0, 0, 0, 5.0, 6.0, 7.0, 0]          # 1.0 came back, 8.0 is now zero
+    assert pruner.regrown == 1 and pruner.history[-1]["regrown"] == 1
+    kept, held = scorer.held["0.weight"]
+    assert held.flatten()[7] == 8.0 and held.flatten()[1] == 2.0
+
+
+def test_regrow_scores_pruned_entries_with_their_held_value():
+    """A zeroed entry's score keeps moving: -grad * W_held, not -grad * 0."""
+    model, lin, scorer, pruner = _linear_pruner()
+    before = scorer.totals["0.weight"].clone()
+    lin.weight.grad = torch.ones_like(lin.weight)
+    scorer.update(model)
+    w_held = torch.arange(1.0, 9.0).reshape(2, 4)
+    assert torch.allclose(scorer.totals["0.weight"] - before, -w_held)
+
+
+def test_without_regrow_the_same_scores_keep_pruned_entries_pruned():
+    model, lin, scorer, pruner = _linear_pruner(regrow=False)
+    scorer.totals["0.weight"] = torch.tensor([[9.0, 0, 0, 0], [4, 5, 6, -1]])
+    pruner.prune_now(model, 1)
+    assert pruner.masks["0.weight"].flatten().tolist() == [False] * 4 + [True] * 4
+
+
+def test_regrow_needs_movement_scores(bert_ner):
+    from sparseft.compress.prune.stage import PruneFinetuneConfig
+
+    with pytest.raises(ValueError, match="regrow needs movement scores"):
+        GradualPruner(bert_ner, CubicSchedule(0.0, 0.5, 0, 2), MagnitudeScorer([]), targets=["Linear"],
+                      ignore=IGNORE, regrow=True)
+    with pytest.raises(ValueError, match="regrow needs pruner 'movement' with schedule 'cubic'"):
+        PruneFinetuneConfig(pruner="magnitude", regrow=True)
+    assert PruneFinetuneConfig(pruner="movement", regrow=True).regrow

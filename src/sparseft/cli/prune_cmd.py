@@ -5,6 +5,8 @@
         --train ../shared/data/wikitext2/wiki.valid.tokens --output-dir runs/wanda24
     sparseft prune --model runs/conll/model --method structured --set ffn_sparsity=0.5 \\
         --train eng.train --eval eng.testa --epochs 1 --output-dir runs/struct50
+    sparseft prune --model minilm --method movement --sparsity 0.9 --schedule cubic --epochs 3 \
+        --teacher runs/conll/model --prune-start 0.33 --regrow --train eng.train --output-dir runs/mv90
 
 With `--train` the command runs a recipe (eval before -> prune or prune_finetune -> eval -> save)
 and the data serve as calibration batches, fine-tuning data and evaluation: the input model is
@@ -22,7 +24,9 @@ from pathlib import Path
 
 from sparseft.cli.common import (HelpFormatter, add_data_args, add_model_arg, add_output_arg, add_overwrite_arg,
                                  add_set_arg, before_after_line, compression_stages, data_dict, parse_options)
-from sparseft.cli.flags import add_config_flags
+from sparseft.cli.flags import add_config_flags, config_values, flag_name
+
+CUBIC_FLAGS = ("prune_start", "prune_end", "regrow")   # PruneFinetuneConfig fields of the cubic schedule
 
 
 def add_parser(sub) -> None:
@@ -48,7 +52,7 @@ def add_parser(sub) -> None:
                    help="fine-tuning epochs after pruning (0: none)")
     g.add_argument("--schedule", choices=["oneshot", "cubic"], default="oneshot",
                    help="oneshot: prune then fine-tune with fixed masks; cubic: prune gradually while fine-tuning")
-    add_config_flags(g, PruneFinetuneConfig, ["lr", "batch_size", "teacher"], defaults={"lr": None},
+    add_config_flags(g, PruneFinetuneConfig, ["lr", "batch_size", "teacher", *CUBIC_FLAGS], defaults={"lr": None},
                      help_extra={"lr": f"Default: recovery fine-tuning's, {DEFAULT_LR['recovery']:g}."})
     g.add_argument("--no-distill", action="store_true", help="fine-tune without knowledge distillation")
     p.add_argument("--seed", type=int, default=42, help="random seed")
@@ -100,6 +104,7 @@ def infer_task(model: str) -> str:
 
 def build_recipe_dict(args: argparse.Namespace) -> dict:
     from sparseft.cli.train_cmd import resolve_lr
+    from sparseft.compress.prune.stage import PruneFinetuneConfig
 
     data = data_dict(args)
     data["task"] = args.task or infer_task(args.model)
@@ -111,8 +116,12 @@ def build_recipe_dict(args: argparse.Namespace) -> dict:
         stage = {"name": "prune", "method": "prune_finetune", **common, "schedule": args.schedule,
                  "epochs": args.epochs, "lr": resolve_lr("prune_finetune", args.lr), "batch_size": args.batch_size,
                  "distill": not args.no_distill, "teacher": args.teacher}
+        cubic = config_values(args, PruneFinetuneConfig, list(CUBIC_FLAGS), changed_only=True)
         if args.schedule == "cubic":
             stage["final_sparsity"] = stage["pruner_args"].pop("sparsity", 0.5)
+            stage.update(cubic)
+        elif cubic:
+            raise ValueError(f"{', '.join(flag_name(n) for n in cubic)} only apply with --schedule cubic")
     else:
         stage = {"name": "prune", "method": "prune", **common}
     stages = compression_stages(args, stage, end=[{"name": "save", "method": "save"}])

@@ -49,11 +49,17 @@ class MovementPruneConfig(BaseConfig):
 
 class MovementScorer:
     """Accumulates S -= grad * W for the named weights; call `update(model)` after each step
-    (before the gradients are zeroed), read `scores()` when pruning."""
+    (before the gradients are zeroed), read `scores()` when pruning.
+
+    `held` (set by a regrowing GradualPruner) maps a weight's name to (kept mask, held values):
+    a pruned entry is zero in the model, so its score keeps accumulating with the value it had when
+    it was pruned, -grad * W_held, the straight-through score of Sanh et al.'s hard movement (the
+    gradient at a zeroed entry is dL/dW' of the masked weight)."""
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = list(names)
         self.totals: dict[str, torch.Tensor] = {}
+        self.held: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
@@ -62,7 +68,11 @@ class MovementScorer:
             p = params[name]
             if p.grad is None:
                 continue
-            delta = -(p.grad.float() * p.detach().float())          # [out, in]
+            weight = p.detach().float()
+            if name in self.held:
+                kept, values = self.held[name]
+                weight = torch.where(kept, weight, values)
+            delta = -(p.grad.float() * weight)          # [out, in]
             if name in self.totals:
                 self.totals[name] += delta
             else:

@@ -6,8 +6,9 @@ Sparsity at optimizer step t (t0 = start, n pruning events every dt steps, end =
 
 so pruning is fast early (when many redundant weights exist) and slows down near the final
 sparsity. At every pruning step the masks are recomputed from the current scores at s_t (already
-pruned entries stay pruned: masks only shrink); after *every* optimizer step the masks are
-re-applied, so pruned weights are exactly zero at all times:
+pruned entries stay pruned: masks only shrink; with `regrow=True` and movement scores they are
+chosen among all entries, so pruned weights can return); after *every* optimizer step the masks
+are re-applied, so pruned weights are exactly zero at all times:
 
     pruner = GradualPruner(model, CubicSchedule(0.0, 0.9, start=0, end=800, every=40), scorer=...)
     train(model, data, cfg, collate_fn=..., post_step=[pruner])   # pruner calls reapply_masks_
@@ -116,13 +117,22 @@ class GradualPruner:
         schedule: a CubicSchedule.
         scorer: MagnitudeScorer or MovementScorer (sparseft.compress.prune.movement).
         targets / ignore: the weights to prune; allocation: 'global', 'per_tensor' or 'per_row'.
+        regrow: every pruning step chooses among all entries, so a pruned weight whose score rose
+            comes back with the value it had when it was pruned (Sanh et al.'s hard movement:
+            the masks follow the scores instead of only shrinking). Needs a MovementScorer, whose
+            scores of pruned entries keep accumulating with those held values. Holds one fp32
+            copy of the targeted weights.
     """
 
     def __init__(self, model: torch.nn.Module, schedule: CubicSchedule, scorer: Scorer, *,
-                 targets: list[str], ignore: list[str], allocation: str = "global") -> None:
+                 targets: list[str], ignore: list[str], allocation: str = "global", regrow: bool = False) -> None:
+        if regrow and not isinstance(scorer, MovementScorer):
+            raise ValueError(f"regrow needs movement scores, got {type(scorer).__name__}")
         self.schedule = schedule
         self.scorer = scorer
         self.allocation = allocation
+        self.regrow = regrow
+        self.regrown = 0
         self.names = [n for n, _ in prunable_weights(model, targets, ignore)]
         self.masks: Masks = {}
         self.current = 0.0
@@ -137,10 +147,12 @@ class GradualPruner:
         """Recompute the masks at the scheduled sparsity of `step` and apply them."""
         target = self.schedule.sparsity_at(step)
         scores = self.scorer.scores(model)
-        for name, mask in self.masks.items():   # pruned entries stay pruned: masks only shrink
-            scores[name] = scores[name].masked_fill(~mask.to(scores[name].device), float("-inf"))
+        if not self.regrow:
+            for name, mask in self.masks.items():   # pruned entries stay pruned: masks only shrink
+                scores[name] = scores[name].masked_fill(~mask.to(scores[name].device), float("-inf"))
         before, self.masks = self.masks, select_masks(scores, target, self.allocation)
         large = large_weight_share(model, before, self.masks)
+        regrown = self._hold_and_restore_(model, before) if self.regrow else 0
         if large > LARGE_WEIGHT_WARNING and isinstance(self.scorer, MovementScorer) and not self.warned:
             self.warned = True
             warnings.warn(f"pruning step {step}: {large:.0%} of the newly pruned weights are larger than their "
@@ -150,7 +162,30 @@ class GradualPruner:
         self.current = target
         reapply_masks_(model, self.masks)
         self.history.append({"step": step, "sparsity": target, "density": mask_stats(self.masks)["density"],
-                             "large_weight_share": round(large, 4)})
+                             "large_weight_share": round(large, 4), **({"regrown": regrown} if self.regrow else {})})
+
+    @torch.no_grad()
+    def _hold_and_restore_(self, model: torch.nn.Module, before: Masks) -> int:
+        """Regrow mode: keep the values of entries pruned now; give regrown entries theirs back.
+        Returns how many entries came back."""
+        params = dict(model.named_parameters())
+        count = 0
+        for name, mask in self.masks.items():
+            p = params[name]
+            kept = mask.to(p.device)
+            if name not in self.scorer.held:   # first pruning step (or the first after a resume: zeros stay 0)
+                values = torch.zeros_like(p, dtype=torch.float32)
+                was = before[name].to(p.device) if name in before else torch.ones_like(kept)
+            else:
+                was, values = self.scorer.held[name]
+            values = torch.where(was & ~kept, p.detach().float(), values)   # pruned at this step: hold
+            back = kept & ~was
+            if back.any():
+                p.data[back] = values[back].to(p.dtype)
+                count += int(back.sum())
+            self.scorer.held[name] = (kept, values)
+        self.regrown += count
+        return count
 
     @torch.no_grad()
     def _resume(self, model: torch.nn.Module) -> None:

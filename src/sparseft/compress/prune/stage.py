@@ -146,6 +146,10 @@ class PruneFinetuneConfig(TrainConfig):
         initial_sparsity / final_sparsity: the cubic ramp's end points.
         prune_start / prune_end: where the ramp starts and ends, as fractions of the total steps.
         prune_every: steps between pruning events (0: ten events over the ramp).
+        regrow: pruner movement with schedule cubic only: each pruning event chooses among all
+            entries by their movement score, so a pruned weight can come back with the value it
+            had when it was pruned (hard movement pruning with straight-through scores, Sanh et
+            al. 2020); False keeps pruned entries pruned (the masks only shrink).
         calib_samples / calib_batch_size: calibration data for data-driven one-shot pruners.
         distill: knowledge distillation from `teacher` (on by default).
         teacher: folder of the teacher model; "" = a frozen copy of the model entering this stage
@@ -163,6 +167,7 @@ class PruneFinetuneConfig(TrainConfig):
     prune_start: float = 0.0
     prune_end: float = 0.6
     prune_every: int = 0
+    regrow: bool = False
     calib_samples: int = 128
     calib_batch_size: int = 8
     distill: bool = True
@@ -184,6 +189,9 @@ class PruneFinetuneConfig(TrainConfig):
                              f"got {self.prune_start} / {self.prune_end}")
         if self.prune_every < 0:
             raise ValueError(f"prune_every must be >= 0, got {self.prune_every}")
+        if self.regrow and (self.schedule, self.pruner) != ("cubic", "movement"):
+            raise ValueError(f"regrow needs pruner 'movement' with schedule 'cubic', got pruner {self.pruner!r} "
+                             f"with schedule {self.schedule!r}")
         self.build_pruner()
         self.distill_config()
 
@@ -294,7 +302,7 @@ def prune_finetune_stage(ctx, cfg: PruneFinetuneConfig, name: str) -> None:
         schedule = CubicSchedule(cfg.initial_sparsity, cfg.final_sparsity, start, end, every)
         names = [n for n, _ in prunable_weights(model, pcfg.targets, pcfg.ignore)]
         pruner = GradualPruner(model, schedule, _scorer(cfg, pcfg, names, model), targets=pcfg.targets,
-                               ignore=pcfg.ignore, allocation=pcfg.allocation)
+                               ignore=pcfg.ignore, allocation=pcfg.allocation, regrow=cfg.regrow)
         post_step = [pruner]
         extra.update({"prune_start_step": start, "prune_end_step": end, "prune_every": every, "total_steps": total})
         # the best checkpoint must be at the final sparsity: select on a key that is -inf before
@@ -317,6 +325,8 @@ def prune_finetune_stage(ctx, cfg: PruneFinetuneConfig, name: str) -> None:
             extra["pruned_to_final_after_training"] = True
         reapply_masks_(model, pruner.masks)                # also covers best weights from before the end
         extra["schedule_history"] = pruner.history
+        if cfg.regrow:
+            extra["regrown_entries"] = pruner.regrown
     elif post_step:
         reapply_masks_(model, post_step[0].masks)
     ctx.state[name] = result
