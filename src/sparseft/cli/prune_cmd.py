@@ -5,7 +5,7 @@
         --train ../shared/data/wikitext2/wiki.valid.tokens --output-dir runs/wanda24
     sparseft prune --model runs/conll/model --method structured --set ffn_sparsity=0.5 \\
         --train eng.train --eval eng.testa --epochs 1 --output-dir runs/struct50
-    sparseft prune --model minilm --method movement --sparsity 0.9 --schedule cubic --epochs 3 \
+    sparseft prune --model minilm --method movement --sparsity 0.9 --schedule cubic --epochs 3 \\
         --teacher runs/conll/model --prune-start 0.33 --regrow --train eng.train --output-dir runs/mv90
 
 With `--train` the command runs a recipe (eval before -> prune or prune_finetune -> eval -> save)
