@@ -42,13 +42,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import prepare  # noqa: E402
+from benchlib import CONLL_DEV, CONLL_TRAIN, WIKI, prepare  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2")
 TEACHER = "benchmarks/runs/conll2003_full/model"
-CONLL_TRAIN = "../shared/data/conll2003/eng.train"
-CONLL_DEV = "../shared/data/conll2003/eng.testa"
-WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 SHARES = {"minilm": (0.10, 0.25, 0.50), "smollm2": (0.25, 0.50)}
 
 

@@ -45,15 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prune import run_in_child  # noqa: E402  one child runner for every recipe benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
-from benchlib import prepare, run_parts  # noqa: E402
+from benchlib import CONLL_TRAIN, WIKI, prepare, run_parts  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2")
 METHODS = ("svd", "asvd", "whiten_svd", "fisher_svd")
 MINILM_RATIOS = (0.2, 0.3, 0.5)
 SMOLLM2_RATIOS = (0.1, 0.2, 0.3)
 TEACHER = "benchmarks/runs/conll2003_full/model"
-CONLL_TRAIN = "../shared/data/conll2003/eng.train"
-WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 R = "recipes/"
 ENCODER = [r"re:encoder\.layer"]
 MASK_BITS = 1 / 32   # a 1-bit mask per fp32 weight

@@ -35,10 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import median_seconds  # noqa: E402
+from benchlib import WIKI, median_seconds  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS = ("torch_fp32", "torch_dyn_int8", "hf_gguf_f16", "llamacpp_f16", "llamacpp_q8_0", "llamacpp_q4_0")
-WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 
 
 def peak_rss_mb() -> float:

@@ -418,7 +418,8 @@ def main() -> int:
     p.add_argument("--model-dir", "--model", dest="model_dir", default="benchmarks/runs/conll2003_full/model",
                    help="fine-tuned MiniLM NER folder (the CoNLL-2003 full fine-tuning baseline)")
     add_model_eval_args(p, calib_samples_help="CoNLL train sentences for static int8",
-                        conll_train_help="CoNLL train file (calibration, train part)", calib_windows_help="WikiText-2 windows for static int8 calibration")
+                        conll_train_help="CoNLL train file (calibration, train part)",
+                        calib_windows_help="WikiText-2 windows for static int8 calibration")
     p.add_argument("--prompt-tokens", type=int, default=32, help="decoding prompt length")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per decoding run")
     p.add_argument("--decode-repeats", type=int, default=3, help="decoding runs (median)")

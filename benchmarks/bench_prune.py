@@ -49,11 +49,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import prepare, run_parts  # noqa: E402
+from benchlib import CONLL_TRAIN, WIKI, prepare, run_parts  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("teacher", "oneshot", "gradual", "nm", "structured", "lm")
-CONLL_TRAIN = "../shared/data/conll2003/eng.train"
-WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 R = "recipes/"
 STRUCTURED_SIZES = {   # name: structured pruner_args (MiniLM-L6: 6 blocks, FFN 1536)
     "ffn50_drop1": {"ffn_sparsity": 0.5, "drop_layers": [5], "importance": "activation"},
@@ -98,12 +96,13 @@ def fine_prune_start(pruner: str, args) -> list[str]:
             f"stages.gradual.lr={DEFAULT_LR['train']}", f"stages.gradual.epochs={args.fine_prune_epochs}"]
 
 
-def movement_options(pruner: str, args) -> tuple[str, list[str]]:
-    """Run-name suffix and overrides of the movement-only options: `--movement-regrow` (pruned
-    weights can return, Sanh et al.'s hard movement) and `--movement-prune-start` (a score warm-up:
-    the fraction of the steps trained before the first pruning event)."""
+def movement_options(pruner: str, args) -> tuple[str, list[str], dict]:
+    """Run-name suffix, overrides and record-row fields of the movement-only options:
+    `--movement-regrow` (pruned weights can return, Sanh et al.'s hard movement) and
+    `--movement-prune-start` (a score warm-up: the fraction of the steps trained before the first
+    pruning event)."""
     if pruner != "movement":
-        return "", []
+        return "", [], {}
     suffix, out = "", []
     if args.movement_regrow:
         suffix += "_regrow"
@@ -111,7 +110,7 @@ def movement_options(pruner: str, args) -> tuple[str, list[str]]:
     if args.movement_prune_start:
         suffix += f"_warm{int(round(args.movement_prune_start * 100))}"
         out.append(f"stages.gradual.prune_start={args.movement_prune_start}")
-    return suffix, out
+    return suffix, out, {"regrow": args.movement_regrow, "prune_start": args.movement_prune_start}
 
 
 def run_dir(args) -> str:
@@ -193,7 +192,7 @@ def plan(part: str, args) -> list[dict]:
                     start = fine_prune_start(pruner, args)
                     if start:
                         name += "_from_pretrained"
-                    suffix, movement = movement_options(pruner, args)
+                    suffix, movement, movement_row = movement_options(pruner, args)
                     name += suffix
                     runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_gradual.yaml",
                                  "overrides": conll_common(args, name) + [
@@ -203,9 +202,7 @@ def plan(part: str, args) -> list[dict]:
                                  + train_stage_overrides(args, "gradual", {"prune_every": 1}) + start + movement,
                                  "row": {"pruner": pruner, "pattern": "unstructured", "sparsity": sparsity,
                                          "schedule": "cubic", "distill": kd,
-                                         "start": "pretrained" if start else "teacher",
-                                         **({"regrow": args.movement_regrow,
-                                             "prune_start": args.movement_prune_start} if pruner == "movement" else {})}})
+                                         "start": "pretrained" if start else "teacher", **movement_row}})
     elif part == "structured":
         for size, pargs in STRUCTURED_SIZES.items():
             name = f"conll_structured_{size}"
@@ -253,10 +250,10 @@ def selection_file(source: Path = ROOT / WIKI, folder: Path = ROOT / "benchmarks
     out = folder / "wiki.valid.head90.tokens"
     text = "".join(lines[: int(0.9 * len(lines))])   # as the selection records were made
     if not out.exists() or out.read_text(encoding="utf-8") != text:
+        from sparseft.utils.io import atomic_write_text
+
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
+        atomic_write_text(out, text)
     return str(out.relative_to(ROOT))
 
 

@@ -411,7 +411,8 @@ def main() -> int:
                    help="KMeansConfig fields (JSON) of the kmeans16 row")
     p.add_argument("--embed-bits", type=int, default=8, help="embedding bits in the pruned+int8 rows (0: fp32)")
     p.add_argument("--group-size", type=int, default=128, help="group size of int4 RTN / GPTQ")
-    add_model_eval_args(p, calib_samples_help="CoNLL train sentences for k-means calibration", conll_train_help="CoNLL train file (calibration)",
+    add_model_eval_args(p, calib_samples_help="CoNLL train sentences for k-means calibration",
+                        conll_train_help="CoNLL train file (calibration)",
                         calib_windows_help="WikiText-2 GPTQ calibration windows")
     add_timing_args(p)
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)

@@ -119,14 +119,15 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> f
     return statistics.median(times)
 
 
+# the shared data files, relative to the repository root (benchmarks run with cwd = root)
 CONLL_DEV = "../shared/data/conll2003/eng.testa"
 CONLL_TRAIN = "../shared/data/conll2003/eng.train"
 WIKI = "../shared/data/wikitext2/wiki.valid.tokens"
 
 
 def add_model_eval_args(p, *, calib_samples_help: str, conll_train_help: str, calib_windows_help: str) -> None:
-    """The data and timing flags bench_precision.py and bench_quant.py share (same names, defaults
-    and help): CoNLL dev/train files and limits, the SmolLM2 WikiText-2 windows, the timing knobs."""
+    """The data flags bench_precision.py and bench_quant.py share (same names, defaults and help):
+    CoNLL dev/train files and limits, the SmolLM2 WikiText-2 windows (timing: add_timing_args)."""
     p.add_argument("--eval-limit", type=int, help="CoNLL dev: only the first N sentences")
     p.add_argument("--calib-samples", type=int, default=128, help=calib_samples_help)
     p.add_argument("--conll-dev", default=CONLL_DEV, help="CoNLL dev file")
