@@ -14,8 +14,8 @@ process, so its peak memory is its own):
               recovery fine-tuning with fixed masks, with and without distillation
   gradual     cubic-schedule pruning during 2 epochs of fine-tuning, +/- distillation: magnitude and
               movement (`--gradual-pruners`; a movement-only run gets its own record name;
-              `--movement-regrow` / `--movement-prune-start` for hard movement with regrowth and
-              a score warm-up)
+              `--movement-regrow` / `--movement-prune-start` / `--movement-score adam` for hard
+              movement with regrowth, a score warm-up and Adam-learned scores)
   nm          2:4 magnitude, then recovery fine-tuning, +/- distillation
   structured  FFN neurons + blocks physically removed at two sizes, KD fine-tuning, CPU speedup
   lm          SmolLM2-135M on WikiText-2: dense, and magnitude / Wanda / SparseGPT at 50%
@@ -100,7 +100,7 @@ def movement_options(pruner: str, args) -> tuple[str, list[str], dict]:
     """Run-name suffix, overrides and record-row fields of the movement-only options:
     `--movement-regrow` (pruned weights can return, Sanh et al.'s hard movement) and
     `--movement-prune-start` (a score warm-up: the fraction of the steps trained before the first
-    pruning event)."""
+    pruning event) and `--movement-score adam` (Sanh et al.'s Adam-learned scores)."""
     if pruner != "movement":
         return "", [], {}
     suffix, out = "", []
@@ -110,7 +110,11 @@ def movement_options(pruner: str, args) -> tuple[str, list[str], dict]:
     if args.movement_prune_start:
         suffix += f"_warm{int(round(args.movement_prune_start * 100))}"
         out.append(f"stages.gradual.prune_start={args.movement_prune_start}")
-    return suffix, out, {"regrow": args.movement_regrow, "prune_start": args.movement_prune_start}
+    if args.movement_score != "sum":
+        suffix += f"_{args.movement_score}"
+        out.append("stages.gradual.pruner_args=" + json.dumps({"allocation": "global", "score": args.movement_score}))
+    return suffix, out, {"regrow": args.movement_regrow, "prune_start": args.movement_prune_start,
+                         "score": args.movement_score}
 
 
 def run_dir(args) -> str:
@@ -126,10 +130,14 @@ def experiment(part: str, args) -> str:
         name += "_fulltrain"
     if args.recovery_epochs not in (None, 2) and part not in ("lm", "teacher"):
         name += f"_rec{args.recovery_epochs}"   # a longer recovery is its own protocol, beside the 2-epoch rows
+    if part == "gradual" and "movement" in args.gradual_pruners:
+        name += movement_options("movement", args)[0]   # _regrow / _warm33 / _adam variants: their own records
     if part == "lm" and args.lm_calib_samples != 32:
         name += f"_calib{args.lm_calib_samples}"
     if part == "lm" and args.lm_sequential:
         name += "_seq"
+    if part == "lm" and args.lm_damp is not None:
+        name += f"_damp{args.lm_damp:g}"
     return name + args.record_suffix
 
 
@@ -222,11 +230,14 @@ def plan(part: str, args) -> list[dict]:
                     name, pargs = pruner, {"sparsity": 0.5, "pattern": pattern}
                     if args.lm_sequential:
                         pargs["sequential"] = True
+                    if args.lm_damp is not None and pruner == "sparsegpt":
+                        pargs["damp"] = args.lm_damp
                 settings.append((f"{pruner}_{pattern.replace(':', 'of')}", name, pargs))
         calib = args.lm_calib_samples
         for label, pruner, pargs in settings:
             name = (f"smollm2_{label}" + (f"_calib{calib}" if calib != 32 else "")
                     + ("_seq" if args.lm_sequential and pruner != "magnitude" and pruner != "nm" else "")
+                    + (f"_damp{pargs['damp']:g}" if "damp" in pargs else "")
                     + args.record_suffix)   # its own output folder too
             over = [f"output_dir={base}/{name}", f"stages.prune.pruner={pruner}",
                     f"stages.prune.pruner_args={json.dumps(pargs)}", f"model={args.lm_model}"]
@@ -237,7 +248,8 @@ def plan(part: str, args) -> list[dict]:
                 over += ["data.block_size=64", "data.eval_limit=2", "stages.prune.calib_samples=2"]
             runs.append({"name": name, "recipe": R + "smollm2_wikitext2_prune.yaml", "overrides": over,
                          "row": {"pruner": label.split("_")[0], "pattern": "2:4" if "2of4" in label
-                                 else "unstructured", "sparsity": pargs.get("sparsity", 0.5)}})
+                                 else "unstructured", "sparsity": pargs.get("sparsity", 0.5),
+                                 **({"damp": pargs["damp"]} if "damp" in pargs else {})}})
     return runs
 
 
@@ -375,7 +387,7 @@ def run_part(part: str, args) -> Path | None:
     return path
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts (default: all, in order)")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny data, 3 steps, results not in results/")
@@ -394,6 +406,9 @@ def main() -> int:
                    help="epochs of a fine-pruning run from the pretrained model (default 3: the teacher's)")
     p.add_argument("--movement-regrow", action="store_true",
                    help="gradual movement pruning with regrow=true: pruned weights can return (run name _regrow)")
+    p.add_argument("--movement-score", choices=("sum", "adam"), default="sum",
+                   help="movement scores: raw sum of -grad*W, or adam = learned by unit-rate Adam as in Sanh et al. "
+                        "(pruner_args.score; run name _adam)")
     p.add_argument("--movement-prune-start", type=float, default=0.0,
                    help="gradual movement pruning: fraction of the steps before the first pruning event, a score "
                         "warm-up (default 0: the recipe's; run name _warm<percent>)")
@@ -407,6 +422,9 @@ def main() -> int:
     p.add_argument("--lm-sequential", action="store_true",
                    help="lm part: Wanda/SparseGPT calibrate each block's layers in call order on the already "
                         "pruned layers' outputs (sequential=true; record name suffix _seq)")
+    p.add_argument("--lm-damp", type=float, default=None,
+                   help="lm part: SparseGPT's damp (fraction of H's mean diagonal; default the config's 0.01); "
+                        "run and record names get _damp<value>")
     p.add_argument("--lm-selection", action="store_true",
                    help="lm part on the held-out selection slice: --lm-data = the first 90%% of the lines of "
                         "wiki.valid.tokens (written to benchmarks/runs/lm_selection/), record suffix _selection; "
@@ -415,6 +433,11 @@ def main() -> int:
                    help="appended to the record name (e.g. _selection for a run on a held-out selection file)")
     p.add_argument("--runs", nargs="+", help="only runs whose name contains one of these strings")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> int:
+    p = build_parser()
     args = p.parse_args()
     prepare(ROOT)
     if args.child:

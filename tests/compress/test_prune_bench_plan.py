@@ -17,13 +17,21 @@ def _bench():
     return load_bench("bench_prune")
 
 
+def _args(**fields) -> argparse.Namespace:
+    """The benchmark's parsed defaults, with `fields` set."""
+    args = _bench().build_parser().parse_args([])
+    for k, v in fields.items():
+        setattr(args, k, v)
+    return args
+
+
 @pytest.mark.parametrize("quick", [False, True])
 def test_every_planned_run_is_a_valid_recipe(quick):
     from sparseft.config.recipe import load_recipe
     from sparseft.methods import build_stage_config
 
     bench = _bench()
-    args = argparse.Namespace(quick=quick, full_train=False, sparsities=[0.5, 0.7, 0.9], lm_model="smollm2",
+    args = _args(quick=quick, full_train=False, sparsities=[0.5, 0.7, 0.9], lm_model="smollm2",
                               lm_data="", runs=None, lm_calib_samples=32, teacher="", recovery_epochs=None,
                               gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
                               pretrained="minilm", fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0,
@@ -46,15 +54,15 @@ def test_protocol_variants_get_their_own_experiment_names():
                 recovery_epochs=None, gradual_pruners=["magnitude"], movement_start="pretrained",
                 pretrained="minilm", fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0,
                               lm_sequential=False, record_suffix="")
-    fixed = argparse.Namespace(full_train=False, lm_calib_samples=32, **base)
+    fixed = _args(full_train=False, lm_calib_samples=32, **base)
     assert bench.experiment("gradual", fixed) == "prune_gradual" and bench.experiment("lm", fixed) == "prune_lm"
-    full = argparse.Namespace(full_train=True, lm_calib_samples=32, **base)
+    full = _args(full_train=True, lm_calib_samples=32, **base)
     assert bench.experiment("teacher", full) == "prune_teacher_fulltrain"
-    movement = argparse.Namespace(full_train=True, lm_calib_samples=128, **{**base, "gradual_pruners": ["movement"]})
+    movement = _args(full_train=True, lm_calib_samples=128, **{**base, "gradual_pruners": ["movement"]})
     assert bench.experiment("gradual", movement) == "prune_gradual_movement_fulltrain"
     assert bench.experiment("gradual", full) == "prune_gradual_fulltrain"
     assert all("data.train_limit=null" in r["overrides"] for r in bench.plan("gradual", full))
-    calib = argparse.Namespace(full_train=False, lm_calib_samples=128, **base)
+    calib = _args(full_train=False, lm_calib_samples=128, **base)
     assert bench.experiment("lm", calib) == "prune_lm_calib128"
     runs = bench.plan("lm", calib)
     assert all(r["name"].endswith("_calib128") and "stages.prune.calib_samples=128" in r["overrides"]
@@ -67,12 +75,12 @@ def test_longer_recovery_sequential_and_suffix_get_their_own_names_and_folders()
     base = dict(quick=False, sparsities=[0.5], lm_model="smollm2", lm_data="", runs=None, teacher="",
                 gradual_pruners=["magnitude"], movement_start="pretrained", pretrained="minilm",
                 fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0, full_train=True, lm_calib_samples=128)
-    rec4 = argparse.Namespace(recovery_epochs=4, lm_sequential=False, record_suffix="", **base)
+    rec4 = _args(recovery_epochs=4, lm_sequential=False, record_suffix="", **base)
     assert bench.experiment("structured", rec4) == "prune_structured_fulltrain_rec4"
     assert bench.experiment("gradual", rec4) == "prune_gradual_fulltrain_rec4"
-    rec2 = argparse.Namespace(recovery_epochs=2, lm_sequential=False, record_suffix="", **base)
+    rec2 = _args(recovery_epochs=2, lm_sequential=False, record_suffix="", **base)
     assert bench.experiment("structured", rec2) == "prune_structured_fulltrain"   # the 2-epoch records' name
-    seq = argparse.Namespace(recovery_epochs=None, lm_sequential=True, record_suffix="_selection", **base)
+    seq = _args(recovery_epochs=None, lm_sequential=True, record_suffix="_selection", **base)
     assert bench.experiment("lm", seq) == "prune_lm_calib128_seq_selection"
     runs = {r["name"]: r for r in bench.plan("lm", seq)}
     gpt = runs["smollm2_sparsegpt_2of4_calib128_seq_selection"]
@@ -88,7 +96,7 @@ def test_teacher_and_recovery_epochs_reach_every_conll_run():
     from sparseft.config.recipe import load_recipe
 
     bench = _bench()
-    args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
+    args = _args(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
                               runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=3,
                               gradual_pruners=["movement"], movement_start="teacher", pretrained="minilm",
                               fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0, lm_sequential=False, record_suffix="")
@@ -114,7 +122,7 @@ def test_movement_fine_prunes_from_the_pretrained_model_with_the_teacher_distill
     from sparseft.train.defaults import DEFAULT_LR
 
     bench = _bench()
-    args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
+    args = _args(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
                               runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=2,
                               gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
                               pretrained="minilm", fine_prune_epochs=3, movement_regrow=False, movement_prune_start=0.0,
@@ -136,7 +144,7 @@ def test_movement_regrow_and_warm_up_get_their_own_run_names_and_overrides():
     from sparseft.methods import build_stage_config
 
     bench = _bench()
-    args = argparse.Namespace(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
+    args = _args(quick=False, full_train=True, sparsities=[0.9], lm_model="smollm2", lm_data="",
                               runs=None, lm_calib_samples=128, teacher="/x/teacher", recovery_epochs=None,
                               gradual_pruners=["magnitude", "movement"], movement_start="pretrained",
                               pretrained="minilm", fine_prune_epochs=3, movement_regrow=True,
@@ -163,3 +171,27 @@ def test_selection_file_is_the_first_90_percent_of_the_lines(tmp_path):
     lines = (tmp_path / rel).read_text(encoding="utf-8").splitlines()
     assert lines == [f"line {i}" for i in range(22)]      # int(0.9 * 25) = 22: the last 3 lines stay unseen
     assert bench.selection_file(src, folder) == rel       # idempotent
+
+
+def test_adam_movement_scores_and_sparsegpt_damp_get_their_own_names_and_overrides():
+    from sparseft.config.recipe import load_recipe
+    from sparseft.methods import build_stage_config
+
+    bench = _bench()
+    args = _args(full_train=True, sparsities=[0.9], teacher="/x/teacher", gradual_pruners=["movement"],
+                 movement_score="adam", movement_regrow=True)
+    assert bench.experiment("gradual", args) == "prune_gradual_movement_fulltrain_regrow_adam"
+    kd = next(r for r in bench.plan("gradual", args) if r["name"].endswith("_kd_from_pretrained_regrow_adam"))
+    assert kd["row"]["score"] == "adam"
+    recipe = load_recipe(ROOT / kd["recipe"], kd["overrides"])
+    _, cfg = build_stage_config(next(st for st in recipe.stages if st.name == "gradual"), recipe)
+    assert cfg.build_pruner().score == "adam" and cfg.build_pruner().allocation == "global" and cfg.regrow
+    assert bench.experiment("gradual", _args(gradual_pruners=["magnitude"], movement_score="adam")) == "prune_gradual"
+
+    lm = _args(lm_damp=0.003)
+    assert bench.experiment("lm", lm) == "prune_lm_calib128_damp0.003"
+    runs = {r["name"]: r for r in bench.plan("lm", lm)}
+    gpt = runs["smollm2_sparsegpt_unstructured_calib128_damp0.003"]
+    assert gpt["row"]["damp"] == 0.003 and '"damp": 0.003' in " ".join(gpt["overrides"])
+    assert "smollm2_wanda_unstructured_calib128" in runs          # damp is SparseGPT's only
+    assert not any("damp" in o for o in runs["smollm2_wanda_unstructured_calib128"]["overrides"])

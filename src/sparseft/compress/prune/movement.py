@@ -7,6 +7,12 @@ whose gradient pushes it away from zero gets a high score; one decaying toward z
     over labelled calibration batches (no weight update; a first-order Taylor importance);
   * during fine-tuning: `MovementScorer` accumulates S from the gradients of every optimizer step
     and the gradual schedule (schedule.py) prunes by it at each pruning step.
+
+`score="adam"` replaces the raw sum by the scores Sanh et al. actually learn: S is trained by
+Adam with dL/dS = dL/dW' * W, so each step moves S by the bias-corrected m / (sqrt(v) + eps) of
+that gradient (a unit rate; a constant rate does not change the ranking). A step's contribution
+is then about +-1 whatever |W| and the gradient's scale: the score counts how consistently an
+entry moves toward or away from zero, where the raw sum is dominated by large |grad * W|.
 """
 
 from __future__ import annotations
@@ -23,42 +29,75 @@ from sparseft.compress.prune.common import (LARGE_WEIGHT_WARNING, apply_masks_, 
 from sparseft.config.base import BaseConfig
 from sparseft.registry import register_method
 
+SCORE_RULES = ("sum", "adam")
+ADAM_BETAS = (0.9, 0.999)   # torch.optim.Adam's defaults, as in Sanh et al.'s mask-score optimizer
+ADAM_EPS = 1e-8
+
 
 @dataclass
 class MovementPruneConfig(BaseConfig):
     """Args:
         sparsity: fraction of the targeted weights set to zero, in [0, 1).
         allocation: 'global', 'per_tensor' or 'per_row'.
+        score: 'sum' (S = -sum grad * W) or 'adam' (S learned by unit-rate Adam on dL/dS = grad * W,
+            Sanh et al.'s learned scores; holds two more fp32 copies of the targeted weights).
         targets / ignore: which modules' weights are pruned.
     One-shot use needs labelled calibration batches (the loss must be defined).
     """
 
     sparsity: float = 0.5
     allocation: str = "global"
+    score: str = "sum"
     targets: list[str] = field(default_factory=default_targets)
     ignore: list[str] = field(default_factory=default_ignore)
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
         check_allocation(self.allocation)
+        if self.score not in SCORE_RULES:
+            raise ValueError(f"score must be one of {SCORE_RULES}, got {self.score!r}")
         check_targets(self)
 
     def needs_batches(self) -> bool:
         return True
 
 
+class AdamScore:
+    """One tensor's learned score: S -= m_hat / (sqrt(v_hat) + eps) for each gradient g = dL/dS."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.total = torch.zeros_like(like, dtype=torch.float32)
+        self.m = torch.zeros_like(self.total)
+        self.v = torch.zeros_like(self.total)
+        self.t = 0
+
+    def add(self, grad_s: torch.Tensor) -> None:
+        b1, b2 = ADAM_BETAS
+        self.t += 1
+        self.m.mul_(b1).add_(grad_s, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad_s, grad_s, value=1 - b2)
+        m_hat = self.m / (1 - b1 ** self.t)
+        v_hat = self.v / (1 - b2 ** self.t)
+        self.total -= m_hat / (v_hat.sqrt() + ADAM_EPS)
+
+
 class MovementScorer:
-    """Accumulates S -= grad * W for the named weights; call `update(model)` after each step
-    (before the gradients are zeroed), read `scores()` when pruning.
+    """Accumulates S -= grad * W for the named weights (or, with rule='adam', Adam-normalised
+    steps of it, see AdamScore); call `update(model)` after each step (before the gradients are
+    zeroed), read `scores()` when pruning.
 
     `held` (set by a regrowing GradualPruner) maps a weight's name to (kept mask, held values):
     a pruned entry is zero in the model, so its score keeps accumulating with the value it had when
     it was pruned, -grad * W_held, the straight-through score of Sanh et al.'s hard movement (the
     gradient at a zeroed entry is dL/dW' of the masked weight)."""
 
-    def __init__(self, names: Iterable[str]) -> None:
+    def __init__(self, names: Iterable[str], rule: str = "sum") -> None:
+        if rule not in SCORE_RULES:
+            raise ValueError(f"score must be one of {SCORE_RULES}, got {rule!r}")
         self.names = list(names)
+        self.rule = rule
         self.totals: dict[str, torch.Tensor] = {}
+        self.adam: dict[str, AdamScore] = {}
         self.held: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -72,11 +111,19 @@ class MovementScorer:
             if name in self.held:
                 kept, values = self.held[name]
                 weight = torch.where(kept, weight, values)
-            delta = -(p.grad.float() * weight)          # [out, in]
-            if name in self.totals:
-                self.totals[name] += delta
-            else:
-                self.totals[name] = delta
+            self.add(name, p.grad.float() * weight)   # dL/dS, [out, in]
+
+    def add(self, name: str, grad_s: torch.Tensor) -> None:
+        """One step's dL/dS = grad * W for weight `name`."""
+        if self.rule == "adam":
+            if name not in self.adam:
+                self.adam[name] = AdamScore(grad_s)
+            self.adam[name].add(grad_s)
+            self.totals[name] = self.adam[name].total
+        elif name in self.totals:
+            self.totals[name] -= grad_s
+        else:
+            self.totals[name] = -grad_s
 
     def scores(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         params = dict(model.named_parameters())
@@ -84,14 +131,15 @@ class MovementScorer:
 
 
 def movement_scores(model: torch.nn.Module, params: list[tuple[str, torch.nn.Parameter]],
-                    batches: list[dict]) -> dict[str, torch.Tensor]:
-    """One-shot scores -sum_b dL_b/dW * W over calibration batches (weights are not changed)."""
+                    batches: list[dict], rule: str = "sum") -> dict[str, torch.Tensor]:
+    """One-shot scores -sum_b dL_b/dW * W over calibration batches (weights are not changed);
+    rule='adam' sums Adam-normalised steps instead (see AdamScore)."""
     weights = [p for _, p in params]
     flags = [p.requires_grad for p in weights]
     was_training = model.training
     model.eval()  # no dropout: the scores are a deterministic function of the batches
     device = weights[0].device
-    totals = [torch.zeros_like(p, dtype=torch.float32) for p in weights]
+    scorer = MovementScorer([n for n, _ in params], rule)
     try:
         for p in weights:
             p.requires_grad_(True)
@@ -100,20 +148,20 @@ def movement_scores(model: torch.nn.Module, params: list[tuple[str, torch.nn.Par
                 raise ValueError("movement pruning needs labelled batches (a 'labels' key) to compute the loss")
             out = model(**{k: v.to(device) for k, v in batch.items()})
             grads = torch.autograd.grad(out.loss, weights)
-            for total, g, p in zip(totals, grads, weights):
-                total -= g.float() * p.detach().float()
+            for (name, p), g in zip(params, grads):
+                scorer.add(name, g.float() * p.detach().float())
     finally:
         for p, flag in zip(weights, flags):
             p.requires_grad_(flag)
         model.train(was_training)
-    return {name: t for (name, _), t in zip(params, totals)}
+    return scorer.scores(model)
 
 
 def prune_movement_(model: torch.nn.Module, config: MovementPruneConfig, *, batches=None) -> None:
     if not batches:
         raise ValueError("movement pruning needs labelled calibration batches")
     params = prunable_weights(model, config.targets, config.ignore)
-    masks = select_masks(movement_scores(model, params, batches), config.sparsity, config.allocation)
+    masks = select_masks(movement_scores(model, params, batches, config.score), config.sparsity, config.allocation)
     large = large_weight_share(model, {}, masks)
     if large > LARGE_WEIGHT_WARNING:
         warnings.warn(f"movement pruning: {large:.0%} of the pruned weights are larger than their tensor's median "

@@ -261,7 +261,7 @@ def load_teacher(ctx, cfg: PruneFinetuneConfig):
 
 def _scorer(cfg: PruneFinetuneConfig, pcfg, names: list[str], model):
     if cfg.pruner == "movement":
-        return MovementScorer(names)
+        return MovementScorer(names, pcfg.score)
     if cfg.pruner == "random":
         params = dict(model.named_parameters())
         return FixedScorer(random_scores([(n, params[n]) for n in names], pcfg.seed))
