@@ -34,6 +34,11 @@ ADAM_BETAS = (0.9, 0.999)   # torch.optim.Adam's defaults, as in Sanh et al.'s m
 ADAM_EPS = 1e-8
 
 
+def check_score_rule(rule: str) -> None:
+    if rule not in SCORE_RULES:
+        raise ValueError(f"score must be one of {SCORE_RULES}, got {rule!r}")
+
+
 @dataclass
 class MovementPruneConfig(BaseConfig):
     """Args:
@@ -54,36 +59,16 @@ class MovementPruneConfig(BaseConfig):
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
         check_allocation(self.allocation)
-        if self.score not in SCORE_RULES:
-            raise ValueError(f"score must be one of {SCORE_RULES}, got {self.score!r}")
+        check_score_rule(self.score)
         check_targets(self)
 
     def needs_batches(self) -> bool:
         return True
 
 
-class AdamScore:
-    """One tensor's learned score: S -= m_hat / (sqrt(v_hat) + eps) for each gradient g = dL/dS."""
-
-    def __init__(self, like: torch.Tensor) -> None:
-        self.total = torch.zeros_like(like, dtype=torch.float32)
-        self.m = torch.zeros_like(self.total)
-        self.v = torch.zeros_like(self.total)
-        self.t = 0
-
-    def add(self, grad_s: torch.Tensor) -> None:
-        b1, b2 = ADAM_BETAS
-        self.t += 1
-        self.m.mul_(b1).add_(grad_s, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(grad_s, grad_s, value=1 - b2)
-        m_hat = self.m / (1 - b1 ** self.t)
-        v_hat = self.v / (1 - b2 ** self.t)
-        self.total -= m_hat / (v_hat.sqrt() + ADAM_EPS)
-
-
 class MovementScorer:
-    """Accumulates S -= grad * W for the named weights (or, with rule='adam', Adam-normalised
-    steps of it, see AdamScore); call `update(model)` after each step (before the gradients are
+    """Accumulates S -= grad * W for the named weights (or, with rule='adam', trains S with a
+    unit-rate torch.optim.Adam on dL/dS = grad * W); call `update(model)` after each step (before the gradients are
     zeroed), read `scores()` when pruning.
 
     `held` (set by a regrowing GradualPruner) maps a weight's name to (kept mask, held values):
@@ -92,12 +77,11 @@ class MovementScorer:
     gradient at a zeroed entry is dL/dW' of the masked weight)."""
 
     def __init__(self, names: Iterable[str], rule: str = "sum") -> None:
-        if rule not in SCORE_RULES:
-            raise ValueError(f"score must be one of {SCORE_RULES}, got {rule!r}")
+        check_score_rule(rule)
         self.names = list(names)
         self.rule = rule
         self.totals: dict[str, torch.Tensor] = {}
-        self.adam: dict[str, AdamScore] = {}
+        self.adam: dict[str, torch.optim.Adam] = {}   # rule 'adam': one optimizer per score tensor
         self.held: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -117,9 +101,10 @@ class MovementScorer:
         """One step's dL/dS = grad * W for weight `name`."""
         if self.rule == "adam":
             if name not in self.adam:
-                self.adam[name] = AdamScore(grad_s)
-            self.adam[name].add(grad_s)
-            self.totals[name] = self.adam[name].total
+                self.totals[name] = torch.zeros_like(grad_s)
+                self.adam[name] = torch.optim.Adam([self.totals[name]], lr=1.0, betas=ADAM_BETAS, eps=ADAM_EPS)
+            self.totals[name].grad = grad_s
+            self.adam[name].step()
         elif name in self.totals:
             self.totals[name] -= grad_s
         else:
@@ -133,7 +118,7 @@ class MovementScorer:
 def movement_scores(model: torch.nn.Module, params: list[tuple[str, torch.nn.Parameter]],
                     batches: list[dict], rule: str = "sum") -> dict[str, torch.Tensor]:
     """One-shot scores -sum_b dL_b/dW * W over calibration batches (weights are not changed);
-    rule='adam' sums Adam-normalised steps instead (see AdamScore)."""
+    rule='adam' sums Adam-normalised steps instead (see MovementScorer)."""
     weights = [p for _, p in params]
     flags = [p.requires_grad for p in weights]
     was_training = model.training
