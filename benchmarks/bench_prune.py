@@ -130,6 +130,8 @@ def experiment(part: str, args) -> str:
         name += "_fulltrain"
     if args.recovery_epochs not in (None, 2) and part not in ("lm", "teacher"):
         name += f"_rec{args.recovery_epochs}"   # a longer recovery is its own protocol, beside the 2-epoch rows
+    if args.recovery_lr is not None and part not in ("lm", "teacher"):
+        name += lr_suffix(args)   # another recovery lr is its own protocol too
     if part == "gradual" and "movement" in args.gradual_pruners:
         name += movement_options("movement", args)[0]   # _regrow / _warm33 / _adam variants: their own records
     if part == "lm" and args.lm_calib_samples != 32:
@@ -141,10 +143,16 @@ def experiment(part: str, args) -> str:
     return name + args.record_suffix
 
 
+def lr_suffix(args) -> str:
+    """`_lr<value>` of the run folders and records of a `--recovery-lr` run ('' without it)."""
+    return "" if args.recovery_lr is None else f"_lr{args.recovery_lr:g}"
+
+
 def conll_common(args, name: str, *, teacher_model: bool = True) -> list[str]:
-    """Overrides every CoNLL run gets: its output folder, the subset, the teacher path, quick limits."""
+    """Overrides every CoNLL run gets: its output folder (with `--recovery-lr`'s suffix for the runs that
+    start from the teacher), the subset, the teacher path, quick limits."""
     base = run_dir(args)
-    out = [f"output_dir={base}/{name}"]
+    out = [f"output_dir={base}/{name}{lr_suffix(args) if teacher_model else ''}"]
     if teacher_model:
         out.append(f"model={teacher_path(args)}")
     if args.full_train:
@@ -160,6 +168,8 @@ def train_stage_overrides(args, stage: str, extra: dict | None = None) -> list[s
     epochs = [f"stages.{stage}.eval_every=never"]
     if args.recovery_epochs and stage != "finetune":
         epochs.append(f"stages.{stage}.epochs={args.recovery_epochs}")
+    if args.recovery_lr is not None and stage != "finetune":
+        epochs.append(f"stages.{stage}.lr={args.recovery_lr}")   # fine-pruning from pretrained sets its own
     if not args.quick:
         return epochs
     return epochs + [f"stages.{stage}.max_steps=3", f"stages.{stage}.batch_size=8"] + \
@@ -373,12 +383,15 @@ def run_part(part: str, args) -> Path | None:
     record = {"experiment": experiment(part, args), "command": " ".join(["python", "benchmarks/bench_prune.py",
                                                                   *sys.argv[1:]]),
               "data": data_note(args), "teacher": teacher_path(args), "recovery_epochs": args.recovery_epochs,
+              "recovery_lr": args.recovery_lr,
               "quick": args.quick, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows, "details": details}
     folder = (ROOT / run_dir(args) / "results") if args.quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{experiment(part, args)}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    from sparseft.utils.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     for r in rows:
         keys = ("run", "f1", "delta_f1", "perplexity", "ppl_ratio_vs_dense", "throughput_speedup_b32", "error")
@@ -398,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "distillation teacher instead of the teacher part's (e.g. benchmarks/runs/headline/conll_full/model)")
     p.add_argument("--recovery-epochs", type=int, default=None,
                    help="epochs of every recovery / pruning fine-tuning stage (default: the recipes' 2)")
+    p.add_argument("--recovery-lr", type=float, default=None,
+                   help="learning rate of every recovery / pruning fine-tuning stage that starts from the teacher "
+                        "(default: the recipes' 1e-4; run folders and record names get _lr<value>)")
     p.add_argument("--movement-start", choices=("pretrained", "teacher"), default="pretrained",
                    help="gradual movement pruning starts from the pretrained model (fine-pruning, distilling "
                    "from the teacher; the default) or from the fine-tuned teacher itself")

@@ -19,7 +19,7 @@ Parts (minilm and smollm2 rows each run in their own process, so their peak memo
            torchao), int4 RTN, k-means-16, NF4 weight-only,
            50% sparse + int8 and structured-pruned + int8 (both also int8 embeddings).
   smollm2  SmolLM2-135M perplexity on WikiText-2 for fp32, dynamic int8, int8 RTN, int4 RTN, int4 GPTQ
-           (same grid as int4 RTN) and NF4.
+           (same grid as int4 RTN; gptq_int4_seq: with GPTQConfig.sequential) and NF4.
 
 Data (stated in every record): CoNLL dev = eng.testa, all 3,250 sentences (`--eval-limit N`: the
 first N); k-means calibration = the first 128 sentences of eng.train. WikiText-2 = the protocol of
@@ -50,7 +50,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("linear", "minilm", "smollm2")
 MINILM_ROWS = ("fp32", "dyn_int8", "dyn_int8_int_mm", "dyn_int8_fbgemm", "torch_qdynamic", "torchao_int8",
                "rtn_int4", "kmeans16", "nf4", "sparse50_int8", "structured_int8")
-LM_ROWS = ("fp32", "dyn_int8", "rtn_int8", "rtn_int4", "gptq_int4", "nf4")
+LM_ROWS = ("fp32", "dyn_int8", "rtn_int8", "rtn_int4", "gptq_int4", "gptq_int4_seq", "nf4")
 STRUCTURED_DEFAULTS = ("benchmarks/runs/prune_full/conll_structured_ffn75_drop2/model",
                        "benchmarks/runs/prune/conll_structured_ffn75_drop2/model",
                        "benchmarks/runs/prune_full/conll_structured_ffn50_drop1/model",
@@ -289,9 +289,9 @@ def lm_row(row: str, args) -> dict:
         quantize_(model, RTNConfig(bits=8))
     elif row == "rtn_int4":
         quantize_(model, RTNConfig(**grid))
-    elif row == "gptq_int4":
+    elif row in ("gptq_int4", "gptq_int4_seq"):
         batches = calibration_batches(data.train, tok.pad_token_id or 0, args.calib_windows, 4)
-        quantize_(model, GPTQConfig(**grid), batches=batches)
+        quantize_(model, GPTQConfig(**grid, sequential=row == "gptq_int4_seq"), batches=batches)
         out["calib_windows"] = len(data.train)
     elif row == "nf4":
         quantize_(model, NF4Config(block_size=64))
@@ -377,13 +377,16 @@ def run_part(part: str, args) -> Path | None:
         finish_rows(part, rows)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     command = " ".join(["python", "benchmarks/bench_quant.py", *sys.argv[1:]])
-    record = {"experiment": f"quant_{part}", "command": command,
+    name = f"quant_{part}{args.record_suffix}"
+    record = {"experiment": name, "command": command,
               "data": data_note(args), "quick": args.quick, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows}
     folder = (ROOT / "benchmarks" / "runs" / "quant_quick" / "results") if args.quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"quant_{part}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    path = folder / f"{name}-{stamp}.json"
+    from sparseft.utils.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     keys = ("row", "kernel", "shape", "tokens", "median_us", "speedup_vs_fp32", "f1", "delta_f1", "perplexity",
             "smaller_than_fp32", "throughput_speedup_b32", "latency_speedup_b1", "skipped", "error")
@@ -399,6 +402,8 @@ def main() -> int:
     p.add_argument("--rows", nargs="+", help=f"only these rows (minilm: {', '.join(MINILM_ROWS)}; "
                                               f"smollm2: {', '.join(LM_ROWS)})")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny limits, results under benchmarks/runs/")
+    p.add_argument("--record-suffix", default="", help="appended to the record name (e.g. _selection for a run "
+                                                      "on a held-out selection file given with --wiki)")
     p.add_argument("--model-dir", default="benchmarks/runs/conll2003_full/model",
                    help="fine-tuned MiniLM NER folder (the lead's CoNLL baseline run)")
     p.add_argument("--sparse-model", default="", help="50%%-sparse fine-tuned folder (default: one-shot "

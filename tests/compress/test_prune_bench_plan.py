@@ -195,3 +195,30 @@ def test_adam_movement_scores_and_sparsegpt_damp_get_their_own_names_and_overrid
     assert gpt["row"]["damp"] == 0.003 and '"damp": 0.003' in " ".join(gpt["overrides"])
     assert "smollm2_wanda_unstructured_calib128" in runs          # damp is SparseGPT's only
     assert not any("damp" in o for o in runs["smollm2_wanda_unstructured_calib128"]["overrides"])
+
+
+def test_recovery_lr_reaches_the_teacher_started_runs_with_its_own_names():
+    """--recovery-lr sets the lr of every recovery stage that starts from the teacher (not the teacher's
+    own training, not movement fine-pruning from the pretrained model) and gets its own folders and record."""
+    from sparseft.config.recipe import load_recipe
+    from sparseft.train.defaults import DEFAULT_LR
+
+    bench = _bench()
+    args = _args(full_train=True, sparsities=[0.9], teacher="/x/teacher", recovery_epochs=4, recovery_lr=3e-4)
+    assert bench.experiment("gradual", args) == "prune_gradual_fulltrain_rec4_lr0.0003"
+    assert bench.experiment("teacher", args) == "prune_teacher_fulltrain"
+    for part in ("oneshot", "gradual", "structured"):
+        for run in bench.plan(part, args):
+            recipe = load_recipe(ROOT / run["recipe"], run["overrides"])
+            trained = [st.params for st in recipe.stages if "epochs" in st.params]
+            if run["row"].get("start") == "pretrained":
+                assert all(st["lr"] == DEFAULT_LR["train"] for st in trained)
+            else:
+                assert trained and all(st["lr"] == 3e-4 for st in trained), run["name"]
+                assert recipe.output_dir.endswith(run["name"] + "_lr0.0003")
+    teacher = load_recipe(ROOT / bench.plan("teacher", args)[0]["recipe"], bench.plan("teacher", args)[0]["overrides"])
+    assert teacher.output_dir.endswith("/conll_teacher") and "lr=0.0003" not in " ".join(bench.plan("teacher", args)[0]["overrides"])
+    default = _args(full_train=True, sparsities=[0.9], teacher="/x/teacher", recovery_epochs=4)
+    assert bench.experiment("gradual", default) == "prune_gradual_fulltrain_rec4"
+    assert all(r["name"] and not any(".lr=" in o for o in r["overrides"]) for r in bench.plan("gradual", default)
+               if r["row"]["start"] == "teacher")

@@ -83,3 +83,38 @@ def test_gptq_rejects_layers_outside_the_blocks(tiny_llama_dir):
     model = load_model(str(tiny_llama_dir), "lm")
     with pytest.raises(ValueError, match="lm_head"):
         quantize_(model, GPTQConfig(ignore=[]), batches=calib_batches(model.config.vocab_size, n=1))
+
+
+@torch.no_grad()
+def test_sequential_gptq_calibrates_o_proj_on_the_quantized_qkv(llama_lm, lm_batches):
+    """sequential=True: q/k/v see the dense inputs either way; o_proj's Hessian comes from a model
+    whose block-0 q/k/v already compute with their quantized weights."""
+    dense = llama_lm.eval()
+    cfg = GPTQConfig(bits=3, granularity="channel", sequential=True)
+    assert GPTQConfig.from_dict(cfg.to_dict()) == cfg
+    seq, plain = copy.deepcopy(dense), copy.deepcopy(dense)
+    quantize_(seq, cfg, batches=lm_batches)
+    quantize_(plain, GPTQConfig(bits=3, granularity="channel"), batches=lm_batches)
+    a_seq, a_plain = seq.model.layers[0].self_attn, plain.model.layers[0].self_attn
+    for name in ("q_proj", "k_proj", "v_proj"):
+        assert torch.equal(getattr(a_seq, name).dequantize(), getattr(a_plain, name).dequantize())
+    probe = copy.deepcopy(dense)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        getattr(probe.model.layers[0].self_attn, name).weight.copy_(getattr(a_seq, name).dequantize())
+    H, mask = [0.0], [None]
+
+    def hook(module, inp, out):
+        x = inp[0][mask[0]].double()
+        H[0] = H[0] + x.T @ x
+
+    handle = probe.model.layers[0].self_attn.o_proj.register_forward_hook(hook)
+    for b in lm_batches:
+        mask[0] = b["attention_mask"].bool()
+        probe(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    handle.remove()
+    w = dense.model.layers[0].self_attn.o_proj.weight
+    codes, scale, zero, gs = gptq_quantize(w, H[0], bits=3, symmetric=True, granularity="channel", group_size=128)
+    expected = decode(codes, scale, zero, gs, w.shape[1])
+    got = a_seq.o_proj.dequantize()
+    assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
+    assert not torch.allclose(got, a_plain.o_proj.dequantize(), atol=1e-5)

@@ -52,12 +52,15 @@ def check_batches(batches, method: str) -> list[dict]:
 @torch.no_grad()
 def layerwise_quantize_(model: nn.Module, batches: list[dict], targets: list[str], ignore: list[str],
                         make_stats: Callable[[nn.Linear], Stats],
-                        quantize_layer: Callable[[str, nn.Linear, Stats], QuantLinear]) -> None:
+                        quantize_layer: Callable[[str, nn.Linear, Stats], QuantLinear], *,
+                        sequential: bool = False) -> None:
     """Quantize every targeted Linear block by block; see the module docstring.
 
     Args:
         make_stats: builds the empty input statistics of one layer.
         quantize_layer: (module fqn, layer, its statistics) -> the QuantLinear that replaces it.
+        sequential: calibrate each block's layers group by group in call order (layerwise_prune_'s
+            option), so a later group sees what the already quantized earlier ones compute.
     """
     from sparseft.compress.prune.layerwise import layerwise_prune_  # shared calibration loop
 
@@ -69,6 +72,6 @@ def layerwise_quantize_(model: nn.Module, batches: list[dict], targets: list[str
         layer.weight.data.copy_(qlayer.dequantize().to(layer.weight.dtype))  # fake-quant until swap
         done[fqn] = qlayer
 
-    layerwise_prune_(model, batches, targets, ignore, make_stats, transform)
+    layerwise_prune_(model, batches, targets, ignore, make_stats, transform, sequential=sequential)
     for fqn, qlayer in done.items():
         set_module(model, fqn, qlayer)

@@ -13,7 +13,10 @@ group's first column is reached, from the already-updated weights (as the refere
 Weights that are exactly 0 before quantization (a pruned model) are fixed at 0 and their
 "error" is compensated by the other weights, as in SparseGPT, so zeros stay exactly zero.
 Calibration runs block by block (calibrate.py): each decoder block sees the outputs of the
-already-quantized blocks before it. Activation reordering (act_order) is not implemented.
+already-quantized blocks before it; with `sequential=True` the layers inside a block are
+quantized group by group too (the reference's "true sequential": o_proj is calibrated on what the
+quantized q/k/v compute, down_proj on the quantized gate/up). Activation reordering (act_order) is
+not implemented.
 
     >>> quantize_(model, GPTQConfig(bits=4, group_size=128), batches=calib)  # doctest: +SKIP
 """
@@ -40,6 +43,9 @@ class GPTQConfig(BaseConfig):
         bits / symmetric / granularity / group_size: the integer grid (as RTNConfig).
         block_size: columns per lazy-update block (128 in the paper; only speed depends on it).
         damp: damping added to H's diagonal, as a fraction of its mean diagonal (0.01 = 1%).
+        sequential: inside each transformer block, calibrate and quantize the layers group by group
+            in call order (GPTQ's "true sequential", as SparseGPTConfig.sequential); False
+            calibrates a whole block on the outputs of the quantized blocks before it.
         targets / ignore: which Linear layers (they must sit inside the transformer blocks).
     """
 
@@ -49,6 +55,7 @@ class GPTQConfig(BaseConfig):
     group_size: int = 128
     block_size: int = 128
     damp: float = 0.01
+    sequential: bool = False
     targets: list[str] = field(default_factory=lambda: ["Linear"])
     ignore: list[str] = field(default_factory=default_ignore)
 
@@ -154,7 +161,7 @@ def quantize_gptq_(model: nn.Module, cfg: GPTQConfig, *, batches=None) -> None:
     """GPTQ every targeted Linear inside the transformer blocks, block by block (needs batches)."""
     batches = check_batches(batches, "gptq")
     layerwise_quantize_(model, batches, cfg.targets, cfg.ignore, HessianStats,
-                        lambda fqn, layer, stats: gptq_layer(layer, stats, cfg))
+                        lambda fqn, layer, stats: gptq_layer(layer, stats, cfg), sequential=cfg.sequential)
 
 
 register_method(kind="quantize", name="gptq", config_cls=GPTQConfig, apply_fn=quantize_gptq_,
