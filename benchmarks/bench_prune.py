@@ -130,8 +130,9 @@ def experiment(part: str, args) -> str:
         name += "_fulltrain"
     if args.recovery_epochs not in (None, 2) and part not in ("lm", "teacher"):
         name += f"_rec{args.recovery_epochs}"   # a longer recovery is its own protocol, beside the 2-epoch rows
-    if args.recovery_lr is not None and part not in ("lm", "teacher"):
-        name += lr_suffix(args)   # another recovery lr is its own protocol too
+    fine_prune_only = part == "gradual" and not any(fine_prune_start(p, args) == [] for p in args.gradual_pruners)
+    if args.recovery_lr is not None and part not in ("lm", "teacher") and not fine_prune_only:
+        name += lr_suffix(args)   # another recovery lr is its own protocol too (fine-pruning keeps its own lr)
     if part == "gradual" and "movement" in args.gradual_pruners:
         name += movement_options("movement", args)[0]   # _regrow / _warm33 / _adam variants: their own records
     if part == "lm" and args.lm_calib_samples != 32:
@@ -148,11 +149,11 @@ def lr_suffix(args) -> str:
     return "" if args.recovery_lr is None else f"_lr{args.recovery_lr:g}"
 
 
-def conll_common(args, name: str, *, teacher_model: bool = True) -> list[str]:
-    """Overrides every CoNLL run gets: its output folder (with `--recovery-lr`'s suffix for the runs that
-    start from the teacher), the subset, the teacher path, quick limits."""
+def conll_common(args, name: str, *, teacher_model: bool = True, recovery: bool = True) -> list[str]:
+    """Overrides every CoNLL run gets: its output folder (with `--recovery-lr`'s suffix for the recovery
+    runs, those that train from the teacher at that lr), the subset, the teacher path, quick limits."""
     base = run_dir(args)
-    out = [f"output_dir={base}/{name}{lr_suffix(args) if teacher_model else ''}"]
+    out = [f"output_dir={base}/{name}{lr_suffix(args) if teacher_model and recovery else ''}"]
     if teacher_model:
         out.append(f"model={teacher_path(args)}")
     if args.full_train:
@@ -213,7 +214,7 @@ def plan(part: str, args) -> list[dict]:
                     suffix, movement, movement_row = movement_options(pruner, args)
                     name += suffix
                     runs.append({"name": name, "recipe": R + "minilm_conll2003_prune_gradual.yaml",
-                                 "overrides": conll_common(args, name) + [
+                                 "overrides": conll_common(args, name, recovery=not start) + [
                                      f"stages.gradual.pruner={pruner}",
                                      f"stages.gradual.final_sparsity={sparsity}",
                                      f"stages.gradual.distill={str(kd).lower()}"]

@@ -211,8 +211,9 @@ def test_recovery_lr_reaches_the_teacher_started_runs_with_its_own_names():
         for run in bench.plan(part, args):
             recipe = load_recipe(ROOT / run["recipe"], run["overrides"])
             trained = [st.params for st in recipe.stages if "epochs" in st.params]
-            if run["row"].get("start") == "pretrained":
+            if run["row"].get("start") == "pretrained":   # movement fine-pruning: its own lr, no suffix
                 assert all(st["lr"] == DEFAULT_LR["train"] for st in trained)
+                assert recipe.output_dir.endswith(run["name"]), recipe.output_dir
             else:
                 assert trained and all(st["lr"] == 3e-4 for st in trained), run["name"]
                 assert recipe.output_dir.endswith(run["name"] + "_lr0.0003")
@@ -222,3 +223,6 @@ def test_recovery_lr_reaches_the_teacher_started_runs_with_its_own_names():
     assert bench.experiment("gradual", default) == "prune_gradual_fulltrain_rec4"
     assert all(r["name"] and not any(".lr=" in o for o in r["overrides"]) for r in bench.plan("gradual", default)
                if r["row"]["start"] == "teacher")
+    movement_only = _args(full_train=True, sparsities=[0.9], teacher="/x/teacher", recovery_lr=3e-4,
+                          gradual_pruners=["movement"])
+    assert bench.experiment("gradual", movement_only) == "prune_gradual_movement_fulltrain"
