@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import CONLL_TRAIN, WIKI, prepare, run_parts  # noqa: E402
+from benchlib import CONLL_TRAIN, WIKI, prepare, run_parts, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("teacher", "oneshot", "gradual", "nm", "structured", "lm")
 R = "recipes/"
@@ -130,7 +130,7 @@ def experiment(part: str, args) -> str:
         name += "_fulltrain"
     if args.recovery_epochs not in (None, 2) and part not in ("lm", "teacher"):
         name += f"_rec{args.recovery_epochs}"   # a longer recovery is its own protocol, beside the 2-epoch rows
-    fine_prune_only = part == "gradual" and not any(fine_prune_start(p, args) == [] for p in args.gradual_pruners)
+    fine_prune_only = part == "gradual" and all(fine_prune_start(p, args) for p in args.gradual_pruners)
     if args.recovery_lr is not None and part not in ("lm", "teacher") and not fine_prune_only:
         name += lr_suffix(args)   # another recovery lr is its own protocol too (fine-pruning keeps its own lr)
     if part == "gradual" and "movement" in args.gradual_pruners:
@@ -388,11 +388,7 @@ def run_part(part: str, args) -> Path | None:
               "quick": args.quick, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows, "details": details}
     folder = (ROOT / run_dir(args) / "results") if args.quick else RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{experiment(part, args)}-{stamp}.json"
-    from sparseft.utils.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    path = write_json(folder / f"{experiment(part, args)}-{stamp}.json", record)
     print(f"wrote {path.relative_to(ROOT)}")
     for r in rows:
         keys = ("run", "f1", "delta_f1", "perplexity", "ppl_ratio_vs_dense", "throughput_speedup_b32", "error")

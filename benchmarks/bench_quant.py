@@ -45,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import add_model_eval_args, add_timing_args, prepare, run_parts  # noqa: E402
+from benchlib import add_model_eval_args, add_timing_args, prepare, run_parts, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("linear", "minilm", "smollm2")
 MINILM_ROWS = ("fp32", "dyn_int8", "dyn_int8_int_mm", "dyn_int8_fbgemm", "torch_qdynamic", "torchao_int8",
@@ -382,11 +382,7 @@ def run_part(part: str, args) -> Path | None:
               "data": data_note(args), "quick": args.quick, "env": describe_environment(),
               "wall_seconds": time.perf_counter() - t0, "rows": rows}
     folder = (ROOT / "benchmarks" / "runs" / "quant_quick" / "results") if args.quick else RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}-{stamp}.json"
-    from sparseft.utils.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    path = write_json(folder / f"{name}-{stamp}.json", record)
     print(f"wrote {path.relative_to(ROOT)}")
     keys = ("row", "kernel", "shape", "tokens", "median_us", "speedup_vs_fp32", "f1", "delta_f1", "perplexity",
             "smaller_than_fp32", "throughput_speedup_b32", "latency_speedup_b1", "skipped", "error")

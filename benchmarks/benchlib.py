@@ -40,8 +40,11 @@ def utc_stamp() -> str:
 
 
 def write_json(path: Path, obj) -> Path:
+    """Write a benchmark record (indented JSON) atomically, creating its folder."""
+    from sparseft.utils.io import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
     return path
 
 
