@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import median_seconds, prepare  # noqa: E402
+from benchlib import median_seconds, prepare, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("kernel", "lm", "finetune")
 SUBPARTS = ("conll", "lm_train")  # the two halves of finetune, runnable alone
@@ -404,7 +404,7 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         path = folder / f"attention_{part}-{stamp}.json"
-        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        write_json(path, record)
         print(f"wrote {path.relative_to(ROOT)}")
         for r in rows:
             failed += "error" in r

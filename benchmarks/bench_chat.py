@@ -49,7 +49,7 @@ from sparseft.train.defaults import DEFAULT_LR
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import prepare, utc_stamp  # noqa: E402
+from benchlib import prepare, utc_stamp, write_json  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "dolly_open_qa"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "chat"
@@ -160,7 +160,7 @@ def _write(name: str, record: dict, stamp: str, smoke: bool) -> Path:
     path = folder / f"{name}-{stamp}.json"
     while path.exists():  # append-only: never overwrite an earlier record
         path = path.with_name(path.stem + "_" + path.suffix)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
     return path
 
 

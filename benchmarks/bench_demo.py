@@ -32,6 +32,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="sparseft demo --quick (smoke test; record marked smoke)")
     p.add_argument("--model", default="minilm", help="model alias or folder (another than minilm: smoke tests)")
     args = p.parse_args()
+    from benchlib import write_json
     from sparseft.utils.env import describe_environment
 
     cmd = [sys.executable, "-m", "sparseft.cli.main", "demo", "-o", str(OUT), "--model", args.model,
@@ -54,7 +55,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     path = RESULTS / f"demo-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
     print(f"wall {wall:.0f} s; wrote {path.relative_to(ROOT)}")
     return 0
 

@@ -34,7 +34,6 @@ import argparse
 import copy
 import dataclasses
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import CONLL_DEV, CONLL_TRAIN, WIKI, prepare  # noqa: E402
+from benchlib import CONLL_DEV, CONLL_TRAIN, WIKI, prepare, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2")
 TEACHER = "benchmarks/runs/conll2003_full/model"
@@ -172,7 +171,7 @@ def run_part(part: str, args) -> Path | None:
     folder = (ROOT / "benchmarks" / "runs" / "experts_quick" / "results") if args.smoke else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"experts_{part}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
     print(f"wrote {path.relative_to(ROOT)}")
     return path
 

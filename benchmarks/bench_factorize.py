@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prune import run_in_child  # noqa: E402  one child runner for every recipe benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
-from benchlib import CONLL_TRAIN, WIKI, prepare, run_parts  # noqa: E402
+from benchlib import CONLL_TRAIN, WIKI, prepare, run_parts, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2")
 METHODS = ("svd", "asvd", "whiten_svd", "fisher_svd")
@@ -200,7 +200,6 @@ def write_record(path: Path, part: str, args, rows: list[dict], details: list[di
                  planned: int, reused: dict | None = None) -> None:
     """The part's JSON record with the rows so far (`complete`: all `planned` runs are in)."""
     from sparseft.utils.env import describe_environment
-    from sparseft.utils.io import atomic_write_text
 
     rows = [dict(r) for r in rows]
     if part == "smollm2":
@@ -227,7 +226,7 @@ def write_record(path: Path, part: str, args, rows: list[dict], details: list[di
         record["notes"] = ("Same stored size: a factorization removing a fraction r of the targeted weights stores "
                            "(1 - r) of their fp32 values; unstructured sparsity s stores (1 - s) values plus a 1-bit "
                            "mask per weight, equal at s = r + 1/32.")
-    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
 
 
 def run_part(part: str, args) -> Path | None:

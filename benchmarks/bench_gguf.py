@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import WIKI, median_seconds  # noqa: E402
+from benchlib import WIKI, median_seconds, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS = ("torch_fp32", "torch_dyn_int8", "hf_gguf_f16", "llamacpp_f16", "llamacpp_q8_0", "llamacpp_q4_0")
 
@@ -238,7 +238,7 @@ def main() -> int:
     folder = (ROOT / "benchmarks" / "runs" / "gguf_quick") if args.quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"gguf_smollm2-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
     print(f"wrote {path.relative_to(ROOT)}")
     for r in rows:
         print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))

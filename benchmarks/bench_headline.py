@@ -6,6 +6,10 @@ Rows per task (ids: `<task>:full`, `<task>:sft:<mask>:<budget>`, `<task>:lora:<b
   sft:<mask>:0.01           sparse fine-tuning, density 1%           (every registered mask method)
   sft:<mask>:r8             sparse fine-tuning at LoRA-r8's count    (--match-lora-rank 8)
   lora:r8 / lora:0.01       LoRA rank 8 / the rank whose count is closest to 1% (--lora-rank-for-density)
+  sft:fisher:r3, sft:lottery:r3   sparse fine-tuning at exactly lora:0.01's count: on MiniLM the rank
+                            closest to 1% is 3, whose count (124,416 LoRA weights) is 17% above 1%
+                            (106,168 entries), so `sft:<mask>:0.01` against `lora:0.01` gives
+                            LoRA the larger budget; `r3` is the equal-count comparison
 No learning rate, schedule or mask option is given: each row runs with its method's defaults
 (sparseft/train/defaults.py, chosen by benchmarks/sweep_defaults.py on a held-out slice of train).
 Nothing is selected on dev: `--eval-every never` (no best-checkpoint choice), dev is scored once,
@@ -21,6 +25,7 @@ Data (all of it):
     python benchmarks/bench_headline.py --only 'conll:full' 'conll:sft:fisher:0.01' 'conll:lora:*'
     python benchmarks/bench_headline.py --only 'conll:*' --reuse benchmarks/results/headline_conll-<stamp>.json
     python benchmarks/bench_headline.py --smoke --only 'conll:sft:fisher:0.01'   # seconds, not a result
+    python benchmarks/bench_headline.py --only 'conll:sft:*:r3' 'conll:lora:0.01' --record-name equal_count
 
 Each row runs as its own process (its peak RSS is its own). The record
 benchmarks/results/headline_<task>-<stamp>.json is rewritten after every row (rows so far,
@@ -37,6 +42,7 @@ import datetime as dt
 import fnmatch
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -57,13 +63,15 @@ TASK_ARGS = {
                 "--label-col", "category", "--eval-fraction", "0.1", "--max-length", "64", "--epochs", "5"],
 }
 METRIC = {"conll": "f1", "banking": "accuracy"}
+LORA_1PCT_RANK = "r3"  # the rank `--lora-rank-for-density 0.01` picks on MiniLM (both tasks)
 
 
 def rows_of(task: str) -> list[str]:
     """In the order they are worth running: the comparisons the targets need first."""
     first = [f"{task}:full", f"{task}:sft:fisher:0.01", f"{task}:lora:0.01", f"{task}:sft:fisher:r8", f"{task}:lora:r8"]
     rest = [f"{task}:sft:{m}:{b}" for b in ("0.01", "r8") for m in MASKS]
-    return first + [r for r in rest if r not in first]
+    equal_count = [f"{task}:sft:{m}:{LORA_1PCT_RANK}" for m in ("fisher", "lottery")]
+    return first + [r for r in rest if r not in first] + equal_count
 
 
 def method_args(row: str) -> list[str]:
@@ -71,20 +79,24 @@ def method_args(row: str) -> list[str]:
     if kind == "full":
         return ["--method", "train"]
     if kind == "lora":
-        return ["--method", "lora"] + (["--lora-rank", "8"] if rest[0] == "r8" else ["--lora-rank-for-density", rest[0]])
+        budget = rest[0]
+        return ["--method", "lora"] + (["--lora-rank", budget[1:]] if budget.startswith("r")
+                                       else ["--lora-rank-for-density", budget])
     mask, budget = rest
-    return ["--method", "sft", "--mask", mask] + (["--match-lora-rank", "8"] if budget == "r8" else ["--density", budget])
+    return ["--method", "sft", "--mask", mask] + (["--match-lora-rank", budget[1:]] if budget.startswith("r")
+                                                  else ["--density", budget])
 
 
-def run_dir(row: str, smoke: bool) -> Path:
+def run_dir(row: str, smoke: bool, group: str = "") -> Path:
     """A smoke run never shares a folder with the real row (its checkpoint would be refused as a
-    different run when the real one starts: resume checks the run's identity)."""
-    return RUNS / ("smoke" if smoke else "") / row.replace(":", "_")
+    different run when the real one starts: resume checks the run's identity); a `--record-name`
+    group gets its own folders, so it never overwrites the artifacts behind the main record's rows."""
+    return RUNS / ("smoke" if smoke else "") / group / row.replace(":", "_")
 
 
-def command_for(row: str, smoke: bool) -> list[str]:
+def command_for(row: str, smoke: bool, group: str = "") -> list[str]:
     task = row.split(":")[0]
-    out = run_dir(row, smoke)
+    out = run_dir(row, smoke, group)
     cmd = ["sparseft", "train", *TASK_ARGS[task], *method_args(row), "--eval-every", "never", "--no-progress",
            "--no-cost", "-o", str(out.relative_to(ROOT)), "--overwrite"]
     if smoke:
@@ -98,10 +110,10 @@ def artifact_bytes(out: Path, kind: str) -> int:
     return sum(p.stat().st_size for p in out.glob(pattern) if p.is_file())
 
 
-def run_row(row: str, smoke: bool) -> dict:
+def run_row(row: str, smoke: bool, group: str = "") -> dict:
     task, kind = row.split(":")[:2]
-    out = run_dir(row, smoke)
-    cmd = command_for(row, smoke)
+    out = run_dir(row, smoke, group)
+    cmd = command_for(row, smoke, group)
     exe = str(Path(sys.executable).with_name("sparseft"))
     t0 = time.perf_counter()
     proc = subprocess.run([exe, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
@@ -148,12 +160,16 @@ def targets(task: str, rows: list[dict]) -> dict:
         return max(done, key=score.get).split(":")[2] if done else None
 
     diff("sft:fisher:0.01", "full", "sft fisher 1% minus full (points; target >= -1.0)")
-    if (best := best_sft("0.01")):
+    if (best := best_sft("0.01")) and best != "fisher":   # fisher's own lines follow
         diff(f"sft:{best}:0.01", "full", f"best sft 1% ({best}) minus full (points)")
         diff(f"sft:{best}:0.01", "lora:0.01", f"best sft 1% ({best}) minus LoRA at the 1% count (points)")
     diff("sft:fisher:0.01", "lora:0.01", "sft fisher 1% minus LoRA at the 1% count (points; target >= 0)")
+    diff(f"sft:fisher:{LORA_1PCT_RANK}", "lora:0.01",
+         f"sft fisher at LoRA-1%'s exact count ({LORA_1PCT_RANK}) minus LoRA at the 1% count (points)")
+    diff(f"sft:lottery:{LORA_1PCT_RANK}", "lora:0.01",
+         f"sft lottery at LoRA-1%'s exact count ({LORA_1PCT_RANK}) minus LoRA at the 1% count (points)")
     diff("sft:fisher:r8", "lora:r8", "sft fisher at LoRA-r8's count minus LoRA r8 (points; target >= 0)")
-    if (best := best_sft("r8")):
+    if (best := best_sft("r8")) and best != "fisher":
         diff(f"sft:{best}:r8", "lora:r8", f"best sft at LoRA-r8's count ({best}) minus LoRA r8 (points)")
     return out
 
@@ -164,18 +180,26 @@ def main() -> int:
     p.add_argument("--list", action="store_true", help="print the row ids and their commands, run nothing")
     p.add_argument("--reuse", type=Path, help="a stopped headline_<task> record: keep its rows not re-run now")
     p.add_argument("--smoke", action="store_true", help="64 examples, 3 steps: checks the plumbing only")
+    p.add_argument("--record-name", default="", help="a side record headline_<task>_<NAME> (its own BENCHMARKS.md "
+                   "section and run folders benchmarks/runs/headline/<NAME>/): rows re-measured on another "
+                   "machine beside new ones, without mixing machines in the main record")
     args = p.parse_args()
+    if args.record_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.record_name):
+        p.error(f"--record-name {args.record_name!r}: letters, digits, '_', '.', '-' only (it names a file and a folder)")
+    if args.record_name and args.reuse:
+        p.error("--record-name starts a side record of its own; --reuse completes a main one")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     selected = {t: [r for r in rows_of(t) if any(fnmatch.fnmatch(r, pat) for pat in args.only)] for t in TASK_ARGS}
     if args.list or not any(selected.values()):
-        for r in [r for t in TASK_ARGS for r in (selected[t] or rows_of(t))]:
-            print(f"{r}\n    {shlex.join(command_for(r, args.smoke))}")
+        listed = [r for t in TASK_ARGS for r in selected[t]] or [r for t in TASK_ARGS for r in rows_of(t)]
+        for r in listed:
+            print(f"{r}\n    {shlex.join(command_for(r, args.smoke, args.record_name))}")
         return 0 if args.list else 2
     reused = json.loads(args.reuse.read_text()) if args.reuse else None
     from sparseft.utils.env import describe_environment
     from sparseft.utils.hardware import detect
-    from sparseft.utils.io import atomic_write_text
+    from benchlib import write_json
 
     env, hardware = describe_environment(), detect().to_dict()
     failed = False
@@ -189,15 +213,16 @@ def main() -> int:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         dest = (RUNS / "smoke") if args.smoke else RESULTS
         dest.mkdir(parents=True, exist_ok=True)
-        path = dest / f"headline_{task}-{stamp}.json"
+        name = f"headline_{task}" + (f"_{args.record_name}" if args.record_name else "")
+        path = dest / f"{name}-{stamp}.json"
         done: list[dict] = []
         for row in todo:
-            rec = run_row(row, args.smoke)
+            rec = run_row(row, args.smoke, args.record_name)
             failed |= "error" in rec
             done.append(rec)
             print(json.dumps(rec), flush=True)
             rows = with_pct_of_dense(sorted(old + done, key=lambda r: rows_of(task).index(r["row"])))
-            record = {"experiment": f"headline_{task}", "date": stamp, "env": env, "hardware": hardware,
+            record = {"experiment": name, "date": stamp, "env": env, "hardware": hardware,
                       "command": "python benchmarks/bench_headline.py " + shlex.join(sys.argv[1:]),
                       "data_subset": "no subset: the whole training set (split: bench_headline.py's docstring)",
                       "smoke": args.smoke,
@@ -205,7 +230,7 @@ def main() -> int:
                       "runs_planned": len(old) + len(todo), "rows": rows, "targets": targets(task, rows)}
             if reused:
                 record["reused_from"] = str(args.reuse)
-            atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+            write_json(path, record)
         print(f"wrote {path.relative_to(ROOT)}")
     return 1 if failed else 0
 

@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(*args.worker, args)))
         return 0
+    from benchlib import write_json
     from sparseft.utils.env import describe_environment
 
     flags = [f"--batch-size={args.batch_size}", f"--seq-len={args.seq_len}", f"--steps={args.steps}",
@@ -212,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"plan-{stamp}.json"
-        path.write_text(json.dumps(plan_record(records, " ".join(["python", "benchmarks/bench_plan.py", *sys.argv[1:]]),
-                                               describe_environment()), indent=2, default=str) + "\n")
+        write_json(path, plan_record(records, " ".join(["python", "benchmarks/bench_plan.py", *sys.argv[1:]]),
+                                     describe_environment()))
         print(f"wrote {path.relative_to(ROOT)}")
     return 1 if any("error" in r or not r.get("within_20pct", False) for r in records if not args.smoke) else 0
 

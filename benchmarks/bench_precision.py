@@ -48,7 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import add_model_eval_args, add_timing_args, prepare, run_parts  # noqa: E402
+from benchlib import add_model_eval_args, add_timing_args, prepare, run_parts, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = ("minilm", "smollm2", "train")
 MINILM_ROWS = ("fp32", "bf16_weights", "fp16_weights", "bf16_autocast", "dyn_int8", "dyn_int8_onednn",
@@ -387,7 +387,7 @@ def run_part(part: str, args) -> Path | None:
     folder = (ROOT / "benchmarks" / "runs" / "precision_quick" / "results") if args.quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"precision_{part}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
     print(f"wrote {path.relative_to(ROOT)}")
     keys = ("row", "f1", "delta_f1", "perplexity", "throughput_seq_s_b32", "throughput_vs_fp32", "latency_ms_b1",
             "decode_tokens_s_b1", "seconds_per_step", "speedup_vs_fp32", "smaller_than_fp32", "kernel",

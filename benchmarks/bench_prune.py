@@ -128,8 +128,8 @@ def experiment(part: str, args) -> str:
         name += "_movement"   # its own record beside the magnitude rows (BENCHMARKS.md shows the newest per name)
     if args.full_train and part != "lm":
         name += "_fulltrain"
-    if args.recovery_epochs not in (None, 2) and part not in ("lm", "teacher"):
-        name += f"_rec{args.recovery_epochs}"   # a longer recovery is its own protocol, beside the 2-epoch rows
+    if part not in ("lm", "teacher"):
+        name += rec_suffix(args)   # a longer recovery is its own protocol, beside the 2-epoch rows
     fine_prune_only = part == "gradual" and all(fine_prune_start(p, args) for p in args.gradual_pruners)
     if args.recovery_lr is not None and part not in ("lm", "teacher") and not fine_prune_only:
         name += lr_suffix(args)   # another recovery lr is its own protocol too (fine-pruning keeps its own lr)
@@ -149,11 +149,19 @@ def lr_suffix(args) -> str:
     return "" if args.recovery_lr is None else f"_lr{args.recovery_lr:g}"
 
 
+def rec_suffix(args) -> str:
+    """`_rec<N>` of the run folders and records of a `--recovery-epochs N` run ('' for the 2-epoch protocol)."""
+    return "" if args.recovery_epochs in (None, 2) else f"_rec{args.recovery_epochs}"
+
+
 def conll_common(args, name: str, *, teacher_model: bool = True, recovery: bool = True) -> list[str]:
-    """Overrides every CoNLL run gets: its output folder (with `--recovery-lr`'s suffix for the recovery
-    runs, those that train from the teacher at that lr), the subset, the teacher path, quick limits."""
+    """Overrides every CoNLL run gets: its output folder, the subset, the teacher path, quick limits.
+    The folder carries `--recovery-epochs`' suffix on every run but the teacher's (they all train for
+    that many epochs) and `--recovery-lr`'s on the recovery runs (those that train from the teacher at
+    that lr), so a run under another protocol never meets this one's checkpoint."""
     base = run_dir(args)
-    out = [f"output_dir={base}/{name}{lr_suffix(args) if teacher_model and recovery else ''}"]
+    out = [f"output_dir={base}/{name}{rec_suffix(args) if teacher_model else ''}"
+           f"{lr_suffix(args) if teacher_model and recovery else ''}"]
     if teacher_model:
         out.append(f"model={teacher_path(args)}")
     if args.full_train:
@@ -407,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="", help="CoNLL parts: this fine-tuned model is the dense start and the "
                    "distillation teacher instead of the teacher part's (e.g. benchmarks/runs/headline/conll_full/model)")
     p.add_argument("--recovery-epochs", type=int, default=None,
-                   help="epochs of every recovery / pruning fine-tuning stage (default: the recipes' 2)")
+                   help="epochs of every recovery / pruning fine-tuning stage (default: the recipes' 2; another "
+                        "count gives the run folders and record names _rec<N>)")
     p.add_argument("--recovery-lr", type=float, default=None,
                    help="learning rate of every recovery / pruning fine-tuning stage that starts from the teacher "
                         "(default: the recipes' 1e-4; run folders and record names get _lr<value>)")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import time
@@ -259,7 +258,7 @@ def main() -> int:
         return 0
     from sparseft.load.model import load_model, load_tokenizer, quiet_loading
     from sparseft.utils.env import describe_environment
-    from sparseft.utils.io import atomic_write_text
+    from benchlib import write_json
 
     t0 = time.perf_counter()
     with quiet_loading():
@@ -284,7 +283,7 @@ def main() -> int:
                       f"first 90%, errors on the first {args.heldout} of the last 10%",
               "smoke": quick, "env": describe_environment(), "wall_seconds": time.perf_counter() - t0,
               "tables": summary_tables(tables, counts[-1]), "details": tables}
-    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
     print(f"wrote {path}")
     for r in tables["code"]:
         print(f"  {r['layer']} {r['setting']}: max |ours - ref| {r['sparsegpt_max_abs_diff_vs_reference']:.2e} "

@@ -91,7 +91,7 @@ def main() -> int:
         return 2
     from sparseft.utils.env import describe_environment
     from sparseft.utils.hardware import detect
-    from sparseft.utils.io import atomic_write_text
+    from benchlib import write_json
 
     rows = []
     for name, path in [args.baseline, *args.models]:
@@ -106,7 +106,7 @@ def main() -> int:
     dest = (ROOT / "benchmarks" / "runs" / "saved_smoke") if args.smoke else RESULTS
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{args.record_name}-{stamp}.json"
-    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
     print(f"wrote {path.relative_to(ROOT)}")
     return 1 if any("error" in r for r in rows) else 0
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchlib import prepare  # noqa: E402
+from benchlib import prepare, write_json  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("experts", "full", "sft")
@@ -267,7 +267,6 @@ def write_record(path: Path, args, data: dict, rows: dict, t_start: float) -> No
     import torch
 
     from sparseft.utils.env import describe_environment
-    from sparseft.utils.io import atomic_write_text
     from sparseft.utils.hardware import detect
 
     table = [{"system": system, **{f"{t}_accuracy": acc for t, acc in row["accuracy"].items()},
@@ -285,7 +284,7 @@ def write_record(path: Path, args, data: dict, rows: dict, t_start: float) -> No
               "notes": "stored_params counts the base once plus, per task, values + positions + head (sparse) or "
                        "every parameter of every model (full); SST-2 dev is held out of train (overlapping "
                        "sub-phrases: optimistic)."}
-    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
 
 
 if __name__ == "__main__":

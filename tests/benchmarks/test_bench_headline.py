@@ -19,7 +19,7 @@ def test_every_row_is_a_valid_train_command_without_lr(task):
 
     bench = _bench()
     rows = bench.rows_of(task)
-    assert len(rows) == len(set(rows)) == 1 + 2 * len(bench.MASKS) + 2
+    assert len(rows) == len(set(rows)) == 1 + 2 * len(bench.MASKS) + 2 + 2   # + sft fisher/lottery at r3
     parser = build_parser()
     for row in rows:
         cmd = bench.command_for(row, smoke=False)
@@ -31,6 +31,8 @@ def test_every_row_is_a_valid_train_command_without_lr(task):
         assert ns.method == {"full": "train", "sft": "sft", "lora": "lora"}[kind]
         if row.endswith(":r8"):
             assert (ns.match_lora_rank if kind == "sft" else ns.lora_rank) == 8
+        if row.endswith(":r3"):
+            assert kind == "sft" and ns.match_lora_rank == 3 and ns.density is None
         if kind == "sft":
             assert ns.mask == row.split(":")[2]
 
@@ -53,6 +55,19 @@ def test_targets_and_size_ratio_from_the_rows_present():
                                              {"row": "conll:sft:random:r8", "score": 0.905}])
     assert r8["sft fisher at LoRA-r8's count minus LoRA r8 (points; target >= 0)"] == pytest.approx(-1.0)
     assert r8["best sft at LoRA-r8's count (random) minus LoRA r8 (points)"] == pytest.approx(0.5)
+    r3 = bench.targets("conll", rows + [{"row": "conll:sft:fisher:r3", "score": 0.897}])
+    assert r3["sft fisher at LoRA-1%'s exact count (r3) minus LoRA at the 1% count (points)"] == pytest.approx(0.2)
+    assert not any("lottery" in k for k in r3)
     pct = {r["row"]: r.get("artifact_pct_of_dense") for r in bench.with_pct_of_dense(rows)}
     assert pct["conll:full"] == pytest.approx(100) and pct["conll:sft:fisher:0.01"] == pytest.approx(1.5)
     assert pct["conll:lora:r8"] is None
+
+
+def test_a_side_record_gets_its_own_folders():
+    """--record-name: the rows re-run beside new ones never overwrite the main record's artifacts."""
+    bench = _bench()
+    main = bench.command_for("conll:lora:0.01", smoke=False)
+    side = bench.command_for("conll:lora:0.01", smoke=False, group="equal_count")
+    assert main[main.index("-o") + 1] == "benchmarks/runs/headline/conll_lora_0.01"
+    assert side[side.index("-o") + 1] == "benchmarks/runs/headline/equal_count/conll_lora_0.01"
+    assert bench.run_dir("conll:lora:0.01", smoke=True, group="equal_count") != bench.run_dir("conll:lora:0.01", False, "equal_count")

@@ -211,12 +211,12 @@ def test_recovery_lr_reaches_the_teacher_started_runs_with_its_own_names():
         for run in bench.plan(part, args):
             recipe = load_recipe(ROOT / run["recipe"], run["overrides"])
             trained = [st.params for st in recipe.stages if "epochs" in st.params]
-            if run["row"].get("start") == "pretrained":   # movement fine-pruning: its own lr, no suffix
+            if run["row"].get("start") == "pretrained":   # movement fine-pruning: its own lr, no lr suffix
                 assert all(st["lr"] == DEFAULT_LR["train"] for st in trained)
-                assert recipe.output_dir.endswith(run["name"]), recipe.output_dir
+                assert recipe.output_dir.endswith(run["name"] + "_rec4"), recipe.output_dir
             else:
                 assert trained and all(st["lr"] == 3e-4 for st in trained), run["name"]
-                assert recipe.output_dir.endswith(run["name"] + "_lr0.0003")
+                assert recipe.output_dir.endswith(run["name"] + "_rec4_lr0.0003")
     teacher = load_recipe(ROOT / bench.plan("teacher", args)[0]["recipe"], bench.plan("teacher", args)[0]["overrides"])
     assert teacher.output_dir.endswith("/conll_teacher") and "lr=0.0003" not in " ".join(bench.plan("teacher", args)[0]["overrides"])
     default = _args(full_train=True, sparsities=[0.9], teacher="/x/teacher", recovery_epochs=4)
@@ -226,3 +226,26 @@ def test_recovery_lr_reaches_the_teacher_started_runs_with_its_own_names():
     movement_only = _args(full_train=True, sparsities=[0.9], teacher="/x/teacher", recovery_lr=3e-4,
                           gradual_pruners=["movement"])
     assert bench.experiment("gradual", movement_only) == "prune_gradual_movement_fulltrain"
+
+
+def test_recovery_epochs_give_every_recovery_run_its_own_folder():
+    """A 4-epoch and an 8-epoch recovery at the same lr never share a folder (the 8-epoch run once
+    met the 4-epoch run's checkpoint and stopped on the resume identity check); the 2-epoch protocol
+    keeps its folder names, the teacher's run is never suffixed."""
+    bench = _bench()
+
+    def folders(**fields):
+        args = _args(full_train=True, sparsities=[0.9], teacher="/x/teacher", **fields)
+        return {part: [next(o for o in r["overrides"] if o.startswith("output_dir=")) for r in bench.plan(part, args)]
+                for part in ("teacher", "oneshot", "gradual", "structured")}
+
+    rec4, rec8, rec2 = (folders(recovery_epochs=n, recovery_lr=1e-3) for n in (4, 8, 2))
+    for part in ("oneshot", "gradual", "structured"):
+        assert rec4[part]
+        for a, b, c in zip(rec4[part], rec8[part], rec2[part]):
+            lr = "" if "_from_pretrained" in a else "_lr0.001"   # fine-pruning keeps its own lr
+            assert a.endswith("_rec4" + lr) and b.endswith("_rec8" + lr), (a, b)
+            assert "_rec" not in c and c.endswith(lr or "_from_pretrained"), c
+    assert rec4["teacher"] == rec8["teacher"] == rec2["teacher"] and rec4["teacher"][0].endswith("/conll_teacher")
+    assert bench.experiment("gradual", _args(full_train=True, recovery_epochs=8, recovery_lr=1e-3)) \
+        == "prune_gradual_fulltrain_rec8_lr0.001"
