@@ -25,8 +25,9 @@ TRAIN_FIELDS = ["epochs", "max_steps", "batch_size", "eval_batch_size", "grad_ac
 TRAIN_SKIP = {"output_dir": "--output-dir (the stage folder is <output-dir>/<stage>)", "seed": "--seed"}
 # always written to the stage (the recipe records them); the rest only when changed
 TRAIN_ALWAYS = ["epochs", "batch_size", "grad_accum", "lr", "warmup_ratio", "mixed_precision", "resume"]
-SFT_FIELDS = ["mask", "density", "count", "match_lora_rank", "allocation", "dense_parts"]
-LORA_FIELDS = ["rank", "rank_for_density", "alpha", "dropout", "merge"]
+SFT_FIELDS = ["mask", "density", "count", "match_lora_rank", "allocation", "dense_parts", "head_warmup_steps",
+              "head_warmup_lr"]
+LORA_FIELDS = ["rank", "rank_for_density", "alpha", "dropout", "head_warmup_steps", "head_warmup_lr", "merge"]
 
 
 def add_parser(sub) -> None:

@@ -173,9 +173,12 @@ def load_model(name: str, task: str, *, labels: Sequence[str] | None = None, dty
     return finish_loaded(model)
 
 
-# transformers' loggers whose per-load output (LOAD REPORT table, config notes) we replace by one line
+# transformers' loggers whose per-load output (LOAD REPORT table, config notes) we replace by one line.
+# tensor_parallel: transformers 5.2x checks the (empty) TP plan of every load once modeling_utils'
+# level is WARNING or above, and then lists every layer as "not sharded" at WARNING
 _LOAD_LOGGERS = ("transformers.modeling_utils", "transformers.configuration_utils",
-                 "transformers.utils.loading_report", "transformers.core_model_loading")
+                 "transformers.utils.loading_report", "transformers.core_model_loading",
+                 "transformers.distributed.tensor_parallel")
 
 
 @contextlib.contextmanager

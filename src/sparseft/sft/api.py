@@ -38,7 +38,6 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparseft.config.targets import TargetSpec, select_modules
 from sparseft.export.fingerprint import fingerprint
 from sparseft.export.sparse_diff import SparseDiff
 from sparseft.masks.config import DEFAULT_HEADS, MaskConfig
@@ -54,9 +53,12 @@ from sparseft.sft.spiel import SpielHook
 from sparseft.train.checkpoint import (CheckpointError, checkpoint_dir, has_checkpoint, prepare_run_dir,
                                        read_checkpoint_state)
 from sparseft.train.config import TrainConfig
+from sparseft.train.defaults import HEAD_WARMUP_LR
 from sparseft.train.identity import build_identity, check_resume
-from sparseft.train.loop import EvalFn, LossFn, TrainResult, default_loss, epoch_batches, train
-from sparseft.utils.dist import rank, world_size
+from sparseft.train.head_warmup import dense_head_parameters, warm_up_heads_, warmup_steps_data
+from sparseft.train.loop import (EvalFn, LossFn, TrainResult, default_loss, epoch_batches, selection_batches,
+                                 train)
+from sparseft.utils.dist import local_device, rank, world_size
 
 MASKS_FILE = "sft_masks.safetensors"
 
@@ -65,7 +67,8 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                     mask_cfg: MaskConfig, *, collate_fn, eval_fn: EvalFn | None = None,
                     metric: tuple[str, bool] = ("loss", False), loss_fn: LossFn | None = None,
                     base_id: str = "", heads: Sequence[str] | None = None,
-                    dense_parts: Sequence[str] = (), inputs: dict | None = None) -> tuple[TrainResult, SparseDiff]:
+                    dense_parts: Sequence[str] = (), head_warmup_steps: int = 0, head_warmup_lr: float = HEAD_WARMUP_LR,
+                    inputs: dict | None = None) -> tuple[TrainResult, SparseDiff]:
     """Sparse fine-tuning of `model` in place; returns (TrainResult, SparseDiff).
 
     Args:
@@ -81,6 +84,8 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         dense_parts: small base parameters trained densely, "bias" and / or "norm" (BitFit-style);
             their count is taken from the mask's budget, and the diff stores them with their base
             values (sft/dense_parts.py).
+        head_warmup_steps / head_warmup_lr: train only the heads for this many steps (AdamW at
+            this lr) before the mask is selected; the probed heads are kept (sft/head_warmup.py).
 
     Example:
         >>> result, diff = sparse_finetune(model, data.train, TrainConfig(output_dir="runs/sft"),
@@ -98,7 +103,9 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
     mask_cfg = parts_mod.reduce_budget(model, mask_cfg, n_parts)
     inputs = dict(inputs or {})
     inputs["config"] = {**inputs.get("config", {}), "mask": mask_cfg.to_dict(), "heads": heads,
-                        "dense_parts": list(dense_parts)}
+                        "dense_parts": list(dense_parts),
+                        **({"head_warmup_steps": head_warmup_steps, "head_warmup_lr": head_warmup_lr}
+                           if head_warmup_steps else {})}
     inputs.setdefault("model_id", base_id)
 
     # 1. masks ----------------------------------------------------------------------------------
@@ -110,7 +117,13 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         check_resume(saved.get("identity"), build_identity(None, train_data, train_cfg.to_dict(), inputs),
                      checkpoint_dir(out))
     picked = _resume_masks(out, mask_cfg) if resuming else None  # ({fqn: flat indices}, {fqn: shape})
+    warmup = None
     if picked is None:
+        if head_warmup_steps:  # the probe comes before selection: the mask sees a trained head
+            steps = warmup_steps_data(train_data, train_cfg, collate_fn, head_warmup_steps)
+            model.to(local_device())
+            warmup = warm_up_heads_(model, head_params, steps, lr=head_warmup_lr, loss_fn=loss_fn,
+                                    device=local_device())
         picked = _select(model, train_data, train_cfg, mask_cfg, collate_fn, loss_fn)
         _save_masks(out, *picked, mask_cfg)
     selected, shapes = picked
@@ -156,6 +169,8 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                 "train": train_cfg.to_dict(), "targeted_params": n_targeted, "heads": heads,
                 "dense_parts": list(dense_parts), "dense_part_params": n_parts,
                 **task_info(model)}
+    if warmup:
+        manifest["head_warmup"] = {**warmup, "lr": head_warmup_lr}
     if hooks:
         manifest["regrow_history"] = hooks[0].history
     diff = diff_from_layers(layers, head_params, manifest, parts_mod.full_entries_(parts, parts_base))
@@ -164,16 +179,6 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
     for p in model.parameters():
         p.requires_grad_(True)  # a plain model again, as from_pretrained returns it
     return result, diff
-
-
-def dense_head_parameters(model: torch.nn.Module, heads: Sequence[str]) -> dict[str, torch.nn.Parameter]:
-    """{param fqn: parameter} of every module matching the `heads` patterns (all its parameters)."""
-    out: dict[str, torch.nn.Parameter] = {}
-    if heads:
-        for fqn, module in select_modules(model, TargetSpec(list(heads)), require_match=False):
-            for pname, p in module.named_parameters():
-                out[f"{fqn}.{pname}"] = p
-    return out
 
 
 def sparse_param_groups(layers: dict[str, SparseDelta], head_params: dict[str, torch.nn.Parameter],
@@ -197,23 +202,6 @@ def planned_steps(train_data: Sequence[dict], cfg: TrainConfig) -> int:
     return math.ceil(math.ceil(n_batches / n_proc) / cfg.grad_accum) * cfg.epochs
 
 
-def selection_batches(train_data: Sequence[dict], cfg: TrainConfig, collate_fn, n: int,
-                      rank: int = 0, world: int = 1) -> list[dict]:
-    """The first `n` batches of the loop's epoch-0 order (cycling epochs if there are fewer).
-
-    With `world` > 1: this rank's share of the first `n` global batches (each global batch is
-    `world` consecutive per-process batches; rank r takes the r-th, as the loop's loader does).
-    """
-    if n <= 0:
-        return []
-    lengths = [len(x["input_ids"]) for x in train_data]
-    wanted, order, epoch = n * world, [], 0
-    while len(order) < wanted:
-        order += epoch_batches(lengths, cfg, epoch)[: wanted - len(order)]
-        epoch += 1
-    return [collate_fn([train_data[i] for i in idx]) for idx in order[rank::world]]
-
-
 def _select(model, train_data, train_cfg: TrainConfig, mask_cfg: MaskConfig, collate_fn, loss_fn
             ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
     """({fqn: sorted flat indices}, {fqn: shape}) of the selected entries, the same on every rank.
@@ -229,7 +217,7 @@ def _select(model, train_data, train_cfg: TrainConfig, mask_cfg: MaskConfig, col
         sharded_select.check_sharded_supported(mask_cfg)
         if sharded_select.has_sharded_scorer(mask_cfg):
             _init_group()
-            device = _local_device()
+            device = local_device()
             batches = selection_batches(train_data, train_cfg, collate_fn, n_needed, rank(), world_size())
             selected, scored = sharded_select.select_indices_sharded(model, mask_cfg, batches=batches,
                                                                      loss_fn=loss_fn, device=device)
@@ -242,7 +230,7 @@ def _select(model, train_data, train_cfg: TrainConfig, mask_cfg: MaskConfig, col
                   f"selects on the whole host copy (rank 0's masks broadcast)", file=sys.stderr, flush=True)
     batches = selection_batches(train_data, train_cfg, collate_fn, n_needed)
     if batches:
-        model.to(_local_device())
+        model.to(local_device())
     masks = sync_masks(select_masks(model, mask_cfg, batches=batches, loss_fn=loss_fn))
     return {n: torch.nonzero(m.reshape(-1)).reshape(-1).cpu() for n, m in masks.items()}, shapes
 
@@ -313,19 +301,13 @@ def _resume_masks(out: Path, cfg: MaskConfig) -> tuple[dict[str, torch.Tensor], 
     return ({n: saved[n].to(torch.long) for n in shapes}, {n: tuple(s) for n, s in shapes.items()})
 
 
-def _local_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def _init_group() -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
-        torch.cuda.set_device(_local_device())
+        torch.cuda.set_device(local_device())
 
 
 def sync_masks(masks: Masks) -> Masks:
@@ -336,7 +318,7 @@ def sync_masks(masks: Masks) -> Masks:
     if world_size() < 2:
         return masks
     _init_group()
-    device = _local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
     out = {}
     for name, m in masks.items():
         t = m.to(device=device, dtype=torch.uint8)

@@ -33,7 +33,8 @@ from sparseft.registry import register_method
 from sparseft.sft.api import sparse_finetune
 from sparseft.sft.dense_parts import parse_dense_parts
 from sparseft.train.config import TrainConfig, best_metric_for
-from sparseft.train.defaults import DEFAULT_LR
+from sparseft.train.defaults import DEFAULT_LR, HEAD_WARMUP_LR
+from sparseft.train.head_warmup import check_head_warmup, dense_head_parameters, warmup_steps
 from sparseft.train.identity import recipe_inputs
 from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import dir_size_bytes
@@ -52,6 +53,9 @@ class SFTConfig(TrainConfig):
         heads: modules trained densely and stored densely in the diff (new task heads).
         dense_parts: base parameters trained densely beside the sparse entries, counted in the
             budget: "" (none), "bias", "norm" or "bias,norm" (BitFit-style; sft/dense_parts.py).
+        head_warmup_steps: train only the heads for this many steps before the mask is selected
+            (a linear probe; 0 = off; None = 300 when the model has a task head, else 0;
+            train/head_warmup.py). head_warmup_lr: its AdamW rate.
         mask_options: extra fields of the mask method's config, e.g. {n_batches: 64}.
         diff_dir: where the diff is written (default <run dir>/diff).
     """
@@ -66,6 +70,8 @@ class SFTConfig(TrainConfig):
     ignore: list[str] | None = None
     heads: list[str] = field(default_factory=lambda: list(DEFAULT_HEADS))
     dense_parts: str = ""
+    head_warmup_steps: int | None = None
+    head_warmup_lr: float = HEAD_WARMUP_LR
     mask_options: dict = field(default_factory=dict)
     diff_dir: str = ""
 
@@ -73,6 +79,7 @@ class SFTConfig(TrainConfig):
         super().__post_init__()
         self.mask_config()  # validate the mask part where it enters
         parse_dense_parts(self.dense_parts)
+        check_head_warmup(self.head_warmup_steps, self.head_warmup_lr)
 
     def mask_config(self) -> MaskConfig:
         fields = {"density": self.density, "count": self.count, "match_lora_rank": self.match_lora_rank,
@@ -99,7 +106,8 @@ def sft_stage(ctx, cfg: SFTConfig, name: str) -> None:
         ctx.model, data.train, train_cfg, cfg.mask_config(), collate_fn=PadCollator(ctx.pad_id),
         eval_fn=eval_fn if data.eval else None, metric=best_metric_for(data.task, cfg.metric_for_best),
         base_id=ctx.recipe.model, heads=cfg.heads, dense_parts=parse_dense_parts(cfg.dense_parts),
-        inputs=recipe_inputs(ctx.recipe, cfg))
+        head_warmup_steps=warmup_steps(cfg.head_warmup_steps, dense_head_parameters(ctx.model, cfg.heads)),
+        head_warmup_lr=cfg.head_warmup_lr, inputs=recipe_inputs(ctx.recipe, cfg))
     diff.manifest.update({"task": data.task, "labels": data.labels or None, "data": ctx.recipe.data.to_dict()})
     diff_dir = Path(cfg.diff_dir or ctx.output_dir / "diff")
     main = is_main_process()
@@ -115,7 +123,8 @@ def sft_stage(ctx, cfg: SFTConfig, name: str) -> None:
         "steps": result.steps, "train_seconds": result.train_seconds,
         "seconds_per_step": result.seconds_per_step, "tokens_per_second": result.tokens_per_second,
         "peak_memory_mb": result.peak_memory_mb, f"best_{result.metric_name}": result.best_metric,
-        "best_step": result.best_step, "resumed_from_step": result.resumed_from_step})
+        "best_step": result.best_step, "resumed_from_step": result.resumed_from_step,
+        **({"head_warmup": diff.manifest["head_warmup"]} if "head_warmup" in diff.manifest else {})})
 
 
 register_method(kind="stage", name="sft", config_cls=SFTConfig, apply_fn=sft_stage,

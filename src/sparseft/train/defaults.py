@@ -41,6 +41,14 @@ DEFAULT_LR = {
     "chat_lora": 3e-3,
 }
 
+# head warm-up of the sft and lora stages (train/head_warmup.py) when the model has a task head:
+# steps of head-only AdamW at HEAD_WARMUP_LR before the mask is selected / the adapter is added.
+# benchmarks/sweep_defaults.py on the held-out slice (records sweep_head_warmup-20261204T182111.json,
+# sweep_head_warmup_lora-20261204T182832.json): fisher 1% 0 / 100 / 300 steps -> 0.761 / 0.783 /
+# 0.784 (300 at lr 3e-3: 0.785, a tie), LoRA at the same count 0 / 300 -> 0.793 / 0.817
+HEAD_WARMUP_STEPS = 300
+HEAD_WARMUP_LR = 1e-3
+
 
 def default_lr(method: str) -> float | None:
     """The default learning rate of a training method (a stage name or chat_<mode>); None when the

@@ -169,6 +169,23 @@ def epoch_batches(lengths: Sequence[int], cfg: TrainConfig, epoch: int) -> list[
     return [batches[i] for i in perm]
 
 
+def selection_batches(train_data: Sequence[dict], cfg: TrainConfig, collate_fn, n: int,
+                      rank: int = 0, world: int = 1) -> list[dict]:
+    """The first `n` batches of the loop's epoch-0 order (cycling epochs if there are fewer).
+
+    With `world` > 1: this rank's share of the first `n` global batches (each global batch is
+    `world` consecutive per-process batches; rank r takes the r-th, as the loop's loader does).
+    """
+    if n <= 0:
+        return []
+    lengths = [len(x["input_ids"]) for x in train_data]
+    wanted, order, epoch = n * world, [], 0
+    while len(order) < wanted:
+        order += epoch_batches(lengths, cfg, epoch)[: wanted - len(order)]
+        epoch += 1
+    return [collate_fn([train_data[i] for i in idx]) for idx in order[rank::world]]
+
+
 def epoch_loader(data: Sequence[dict], cfg: TrainConfig, epoch: int, collate_fn) -> DataLoader:
     lengths = [len(x["input_ids"]) for x in data]
     # Its own generator: creating a DataLoader iterator draws a base seed, and drawing it from the

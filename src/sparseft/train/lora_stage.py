@@ -32,8 +32,10 @@ from sparseft.config.targets import TargetSpec, matches, select_modules
 from sparseft.masks.config import DEFAULT_HEADS, DEFAULT_IGNORE
 from sparseft.registry import register_method
 from sparseft.train.config import TrainConfig, best_metric_for
-from sparseft.train.defaults import DEFAULT_LR
-from sparseft.utils.dist import is_main_process
+from sparseft.train.defaults import DEFAULT_LR, HEAD_WARMUP_LR
+from sparseft.train.head_warmup import (check_head_warmup, dense_head_parameters, warm_up_heads_, warmup_steps,
+                                       warmup_steps_data)
+from sparseft.utils.dist import is_main_process, local_device
 from sparseft.utils.io import atomic_dir, dir_size_bytes
 
 
@@ -49,6 +51,9 @@ class LoRAStageConfig(TrainConfig):
         dropout: LoRA dropout.
         targets / ignore: modules that get adapters (module class names, fqn suffixes, "re:...").
         heads: modules trained densely (new task heads), saved with the adapter.
+        head_warmup_steps / head_warmup_lr: train only the heads for this many steps (AdamW at this
+            lr) before the adapter is added, as sparse fine-tuning does (0 = off; None = 300 when the
+            model has a task head, else 0; train/head_warmup.py).
         merge: merge the adapter into the model after training.
         adapter_dir: where the adapter is written (default <stage dir>/adapter).
     """
@@ -61,6 +66,8 @@ class LoRAStageConfig(TrainConfig):
     targets: list[str] = field(default_factory=lambda: ["Linear"])
     ignore: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE))
     heads: list[str] = field(default_factory=lambda: list(DEFAULT_HEADS))
+    head_warmup_steps: int | None = None
+    head_warmup_lr: float = HEAD_WARMUP_LR
     merge: bool = True
     adapter_dir: str = ""
 
@@ -72,6 +79,7 @@ class LoRAStageConfig(TrainConfig):
             raise ValueError(f"rank_for_density must be in (0, 1], got {self.rank_for_density}")
         if self.dropout < 0 or self.dropout >= 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_head_warmup(self.head_warmup_steps, self.head_warmup_lr)
         self.target_spec()  # validates the patterns where they enter
 
     def target_spec(self) -> TargetSpec:
@@ -113,12 +121,18 @@ def lora_stage(ctx, cfg: LoRAStageConfig, name: str) -> None:
         raise ValueError("stage 'lora' needs peft: pip install 'sparseft[lora]' (or pip install peft)") from None
     from sparseft.eval.evaluate import evaluate
     from sparseft.load.tokenize import PadCollator
-    from sparseft.train.loop import train
+    from sparseft.train.loop import default_loss, train
 
     data = ctx.data
     targets = lora_targets(ctx.model, cfg)
     rank, matched = choose_rank(targets, cfg)
     heads = present_heads(ctx.model, cfg.heads)
+    warmup, head_params = None, dense_head_parameters(ctx.model, heads)
+    if n_warmup := warmup_steps(cfg.head_warmup_steps, head_params):  # probe the heads; modules_to_save copies them
+        steps = warmup_steps_data(data.train, cfg.train_config(), PadCollator(ctx.pad_id), n_warmup)
+        ctx.model.to(local_device())
+        warmup = warm_up_heads_(ctx.model, head_params, steps, lr=cfg.head_warmup_lr, loss_fn=default_loss,
+                                device=local_device())
     alpha = cfg.alpha if cfg.alpha is not None else 2.0 * rank
     peft_cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=cfg.dropout, bias="none",
                           target_modules=[fqn for fqn, _ in targets], modules_to_save=heads or None)
@@ -150,6 +164,8 @@ def lora_stage(ctx, cfg: LoRAStageConfig, name: str) -> None:
                "best_step": result.best_step}
     if matched is not None:
         metrics["matched_count"] = matched
+    if warmup:
+        metrics["head_warmup"] = {**warmup, "lr": cfg.head_warmup_lr}
     ctx.report.log(name, metrics)
 
 
