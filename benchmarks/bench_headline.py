@@ -26,6 +26,8 @@ Data (all of it):
     python benchmarks/bench_headline.py --only 'conll:*' --reuse benchmarks/results/headline_conll-<stamp>.json
     python benchmarks/bench_headline.py --smoke --only 'conll:sft:fisher:0.01'   # seconds, not a result
     python benchmarks/bench_headline.py --only 'conll:sft:*:r3' 'conll:lora:0.01' --record-name equal_count
+    python benchmarks/bench_headline.py --only conll:full --record-name equal_count \
+        --reuse benchmarks/results/headline_conll_equal_count-<stamp>.json     # add a row to a side record
 
 Each row runs as its own process (its peak RSS is its own). The record
 benchmarks/results/headline_<task>-<stamp>.json is rewritten after every row (rows so far,
@@ -137,6 +139,11 @@ def run_row(row: str, smoke: bool, group: str = "") -> dict:
     return record
 
 
+def record_name(task: str, side: str = "") -> str:
+    """headline_<task>, or the side record headline_<task>_<side> (--record-name)."""
+    return f"headline_{task}" + (f"_{side}" if side else "")
+
+
 def with_pct_of_dense(rows: list[dict]) -> list[dict]:
     """artifact_pct_of_dense: each artifact's size as % of the full row's model.safetensors."""
     dense = next((r.get("artifact_mb") for r in rows if r["row"].endswith(":full")), None)
@@ -178,7 +185,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", default=["*"], help="row ids or shell patterns (default: every row)")
     p.add_argument("--list", action="store_true", help="print the row ids and their commands, run nothing")
-    p.add_argument("--reuse", type=Path, help="a stopped headline_<task> record: keep its rows not re-run now")
+    p.add_argument("--reuse", type=Path, help="a stopped headline_<task> record (with --record-name NAME: a "
+                   "headline_<task>_NAME one): keep its rows not re-run now")
     p.add_argument("--smoke", action="store_true", help="64 examples, 3 steps: checks the plumbing only")
     p.add_argument("--record-name", default="", help="a side record headline_<task>_<NAME> (its own BENCHMARKS.md "
                    "section and run folders benchmarks/runs/headline/<NAME>/): rows re-measured on another "
@@ -186,8 +194,6 @@ def main() -> int:
     args = p.parse_args()
     if args.record_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.record_name):
         p.error(f"--record-name {args.record_name!r}: letters, digits, '_', '.', '-' only (it names a file and a folder)")
-    if args.record_name and args.reuse:
-        p.error("--record-name starts a side record of its own; --reuse completes a main one")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     selected = {t: [r for r in rows_of(t) if any(fnmatch.fnmatch(r, pat) for pat in args.only)] for t in TASK_ARGS}
@@ -206,14 +212,14 @@ def main() -> int:
     for task, todo in selected.items():
         if not todo:
             continue
-        if reused and not reused.get("experiment", "").endswith(task):
-            print(f"--reuse {args.reuse}: a record of {reused.get('experiment')!r}, not headline_{task}", file=sys.stderr)
+        name = record_name(task, args.record_name)
+        if reused and reused.get("experiment") != name:
+            print(f"--reuse {args.reuse}: a record of {reused.get('experiment')!r}, not {name}", file=sys.stderr)
             return 2
         old = [r for r in (reused or {}).get("rows", []) if r["row"] not in todo]
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         dest = (RUNS / "smoke") if args.smoke else RESULTS
         dest.mkdir(parents=True, exist_ok=True)
-        name = f"headline_{task}" + (f"_{args.record_name}" if args.record_name else "")
         path = dest / f"{name}-{stamp}.json"
         done: list[dict] = []
         for row in todo:

@@ -23,8 +23,11 @@ Variants of `lora` (the same extra budget for the comparison to stay fair):
   sft_hw100 / sft_hw300 / sft_hw300_lr3e-3   head warm-up (only the new head trains, 100 / 300
                 steps, lr 1e-3 / 3e-3) before the fisher mask is selected   at the sft default lr
   lora_hw300                    LoRA with the same head warm-up (300 steps, lr 1e-3)   at the lora default lr
+  sft_hw0 / lora_hw0            no head warm-up: what the `sft` / `lora` rows were before 2026-12-04,
+                                when the stages' default became 300 steps (so sft_hw300 = sft today)
   sft_<mask>                    another mask method (magnitude, lottery, spiel_ag, spiel_ma, random,
-                                regrow) with its own option defaults          at the sft default lr
+                                regrow, snr) with its own option defaults          at the sft default lr
+  sft_snr128                    snr with 128 selection batches instead of 32   at the sft default lr
 A variant is only comparable with `sft` / `lora` rows run on the same machine class (mixed
 precision "auto" picks bf16 where it measures faster): rerun those at the default lr beside them,
 e.g. `--only sft lora sft_ep5 lora_ep5 --lrs 0.003 --record-name sweep_variants_b`.
@@ -57,8 +60,8 @@ GRIDS = {"sft": (1e-3, 3e-3, 1e-2), "lora": (1e-3, 3e-3, 1e-2), "full": (5e-5, 1
          "sft_bitfit": (1e-3, 3e-3, 1e-2), "sft_per_tensor": (3e-3,), "sft_fisher8": (3e-3,), "sft_fisher128": (3e-3,),
          "lora_alpha_r": (3e-3, 1e-2), "lora_alpha_4r": (1e-3, 3e-3), "lora_dropout": (3e-3,),
          "sft_ep5": (3e-3,), "lora_ep5": (3e-3,), "sft_embed": (3e-3,),
-         **{v: (3e-3,) for v in ("sft_hw100", "sft_hw300", "sft_hw300_lr3e-3", "lora_hw300")},
-         **{f"sft_{m}": (3e-3,) for m in ("magnitude", "lottery", "spiel_ag", "spiel_ma", "random", "regrow")}}
+         **{v: (3e-3,) for v in ("sft_hw0", "sft_hw100", "sft_hw300", "sft_hw300_lr3e-3", "lora_hw0", "lora_hw300", "sft_snr128")},
+         **{f"sft_{m}": (3e-3,) for m in ("magnitude", "lottery", "spiel_ag", "spiel_ma", "random", "regrow", "snr")}}
 DEFAULT_METHODS = ("sft", "lora", "full")   # without --only; the variants run when named
 SFT_VARIANTS = {"sft": {}, "sft_bitfit": {"dense_parts": "bias,norm"}, "sft_per_tensor": {"allocation": "per_tensor"},
                 "sft_fisher8": {"mask_options": {"n_batches": 8}}, "sft_fisher128": {"mask_options": {"n_batches": 128}},
@@ -66,14 +69,17 @@ SFT_VARIANTS = {"sft": {}, "sft_bitfit": {"dense_parts": "bias,norm"}, "sft_per_
                 # the embeddings join the candidates, the count stays sft's (1% of MiniLM's Linear weights)
                 "sft_embed": {"targets": ["Linear", "Embedding"], "density": None, "count": 106168},
                 # head warm-up (a linear probe of the new head) before the fisher mask is selected
-                "sft_hw100": {"head_warmup_steps": 100}, "sft_hw300": {"head_warmup_steps": 300},
+                "sft_hw0": {"head_warmup_steps": 0}, "sft_hw100": {"head_warmup_steps": 100},
+                "sft_hw300": {"head_warmup_steps": 300},
                 "sft_hw300_lr3e-3": {"head_warmup_steps": 300, "head_warmup_lr": 3e-3},
-                **{f"sft_{m}": {"mask": m} for m in ("magnitude", "lottery", "spiel_ag", "spiel_ma", "random", "regrow")}}
+                "sft_snr128": {"mask": "snr", "mask_options": {"n_batches": 128}},
+                **{f"sft_{m}": {"mask": m} for m in ("magnitude", "lottery", "spiel_ag", "spiel_ma", "random", "regrow", "snr")}}
 # LoRA's share of the same budget (as many extra runs as the sft variants get, minus one): the
 # scale alpha (default 2 * rank; rank_for_density 0.01 gives rank 3 on MiniLM, so alpha 3 = r and
 # 12 = 4r) and dropout 0.1
 LORA_VARIANTS = {"lora": {}, "lora_alpha_r": {"alpha": 3.0}, "lora_alpha_4r": {"alpha": 12.0},
-                 "lora_dropout": {"dropout": 0.1}, "lora_ep5": {"epochs": 5}, "lora_hw300": {"head_warmup_steps": 300}}
+                 "lora_dropout": {"dropout": 0.1}, "lora_ep5": {"epochs": 5}, "lora_hw0": {"head_warmup_steps": 0},
+                 "lora_hw300": {"head_warmup_steps": 300}}
 
 
 def stage_for(method: str, lr: float, args) -> dict:

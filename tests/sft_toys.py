@@ -12,12 +12,12 @@ from sparseft.load.model import load_model
 from sparseft.load.tokenize import PadCollator
 from sparseft.train.config import TrainConfig
 
-MASK_METHODS = ("random", "magnitude", "fisher", "lottery", "regrow", "spiel_ag", "spiel_ma")
+MASK_METHODS = ("random", "magnitude", "fisher", "lottery", "regrow", "spiel_ag", "spiel_ma", "snr")
 # Small, fast settings per method for the shared matrix (few batches / steps).
 FAST_OPTIONS = {"random": {}, "magnitude": {}, "fisher": {"n_batches": 2},
                 "lottery": {"steps": 3, "lr": 1e-2}, "regrow": {"every": 2, "grad_window": 1, "drop_fraction": 0.5},
                 "spiel_ag": {"interval": 2, "accumulation_steps": 1, "n_batches": 2},
-                "spiel_ma": {"interval": 2, "init": "random"}}
+                "spiel_ma": {"interval": 2, "init": "random"}, "snr": {"n_batches": 2}}
 
 
 def ner_data(tokenizer, train: Path, dev: Path):

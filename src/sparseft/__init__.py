@@ -39,6 +39,7 @@ _PUBLIC = {
     "FisherMaskConfig": "sparseft.masks.fisher:FisherMaskConfig",
     "LotteryMaskConfig": "sparseft.masks.lottery:LotteryMaskConfig",
     "RegrowMaskConfig": "sparseft.masks.regrow:RegrowMaskConfig",
+    "SNRMaskConfig": "sparseft.masks.snr:SNRMaskConfig",
     # training and sparse fine-tuning
     "TrainConfig": "sparseft.train.config:TrainConfig",
     "train": "sparseft.train.loop:train",

@@ -4,6 +4,9 @@ targets / size ratios are computed from the rows present (no training here)."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 
 from bench_scripts import load_bench
@@ -71,3 +74,17 @@ def test_a_side_record_gets_its_own_folders():
     assert main[main.index("-o") + 1] == "benchmarks/runs/headline/conll_lora_0.01"
     assert side[side.index("-o") + 1] == "benchmarks/runs/headline/equal_count/conll_lora_0.01"
     assert bench.run_dir("conll:lora:0.01", smoke=True, group="equal_count") != bench.run_dir("conll:lora:0.01", False, "equal_count")
+
+
+def test_reuse_takes_only_a_record_of_the_same_name(tmp_path, monkeypatch, capsys):
+    """--reuse with --record-name completes that side record; the main record (or another side
+    record) is refused before any row runs."""
+    bench = _bench()
+    assert bench.record_name("conll", "head_warmup") == "headline_conll_head_warmup"
+    old = tmp_path / "rec.json"
+    old.write_text(json.dumps({"experiment": "headline_conll", "rows": []}))
+    monkeypatch.setattr(bench, "run_row", lambda *a, **k: pytest.fail("a row ran"))
+    monkeypatch.setattr(sys, "argv", ["bench_headline.py", "--only", "conll:full", "--record-name", "head_warmup",
+                                      "--reuse", str(old)])
+    assert bench.main() == 2
+    assert "not headline_conll_head_warmup" in capsys.readouterr().err

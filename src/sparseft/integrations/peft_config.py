@@ -82,7 +82,7 @@ class SparseFTConfig(PeftConfig):
     count: Optional[int] = field(default=None, metadata={"help": "exact number of entries to tune"})
     match_lora_rank: Optional[int] = field(default=None, metadata={"help": "tune as many entries as LoRA rank r"})
     mask: str = field(default="magnitude",
-                      metadata={"help": "random | magnitude | fisher | lottery | regrow | spiel_ag | spiel_ma"})
+                      metadata={"help": "random | magnitude | fisher | lottery | regrow | spiel_ag | spiel_ma | snr"})
     mask_options: dict = field(default_factory=dict, metadata={"help": "extra fields of the mask method"})
     allocation: str = field(default="global", metadata={"help": "global | per_tensor"})
     target_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "peft targets"})

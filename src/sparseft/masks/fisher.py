@@ -55,6 +55,13 @@ def take_batches(batches: Iterable[dict], n: int) -> Iterator[dict]:
 def gradient_scores(model, params: dict, batches: Iterable[dict], n_batches: int, loss_fn,
                     ) -> dict[str, torch.Tensor]:
     """sum_b grad_b(W)^2 for each targeted weight (fp32, on the weight's device)."""
+    return gradient_moments(model, params, batches, n_batches, loss_fn)[0]
+
+
+def gradient_moments(model, params: dict, batches: Iterable[dict], n_batches: int, loss_fn, *,
+                     first: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(sum_b grad_b^2, sum_b grad_b or None) per targeted weight (fp32, on the weight's device);
+    the first moment only with `first` (one more buffer of the weights' size)."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -62,19 +69,24 @@ def gradient_scores(model, params: dict, batches: Iterable[dict], n_batches: int
         p.requires_grad_(True)
     was_training = model.training
     model.eval()
-    scores = {name: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for name, p in params.items()}
+    zeros = lambda: {name: torch.zeros(p.shape, dtype=torch.float32, device=p.device)  # noqa: E731
+                     for name, p in params.items()}
+    squares, sums = zeros(), (zeros() if first else None)
     device = next(iter(params.values())).device
     try:
         for batch in take_batches(batches, n_batches):
             loss = loss_fn(model, to_device(batch, device))
             grads = torch.autograd.grad(loss, list(params.values()))
             for name, g in zip(params, grads):
-                scores[name] += g.float().pow(2)
+                g = g.float()
+                squares[name] += g.pow(2)
+                if sums is not None:
+                    sums[name] += g
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
         model.train(was_training)
-    return scores
+    return squares, sums
 
 
 def fisher_scores(model, params: dict, cfg: FisherMaskConfig, *, batches=None, loss_fn=None) -> dict:

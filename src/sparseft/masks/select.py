@@ -28,6 +28,7 @@ import sparseft.masks.lottery  # noqa: F401
 import sparseft.masks.magnitude  # noqa: F401
 import sparseft.masks.random  # noqa: F401
 import sparseft.masks.regrow  # noqa: F401
+import sparseft.masks.snr  # noqa: F401
 import sparseft.masks.spiel  # noqa: F401
 from sparseft.config.targets import select_parameters
 from sparseft.masks.config import MaskConfig
@@ -90,7 +91,7 @@ def select_masks(model: nn.Module, cfg: MaskConfig, *, batches: Iterable[dict] |
     Args:
         model: the model (its weights are left as they were).
         cfg: a registered mask config (RandomMaskConfig, MagnitudeMaskConfig, FisherMaskConfig,
-            LotteryMaskConfig, RegrowMaskConfig, SpielAGMaskConfig, SpielMAMaskConfig).
+            LotteryMaskConfig, RegrowMaskConfig, SpielAGMaskConfig, SpielMAMaskConfig, SNRMaskConfig).
         batches: collated training batches; needed by fisher, lottery and regrow (with a data
             init). `cfg.batches_needed()` says how many are used.
         loss_fn: (model, batch) -> scalar loss; default `model(**batch).loss`.

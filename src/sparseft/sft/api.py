@@ -76,7 +76,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         train_data: tokenized features (see sparseft.load.tokenize); collate_fn pads them.
         train_cfg: the loop's TrainConfig (output_dir holds checkpoints and the saved masks).
         mask_cfg: a registered mask config (random, magnitude, fisher, lottery, regrow, spiel_ag,
-            spiel_ma).
+            spiel_ma, snr).
         eval_fn / metric / loss_fn: as for `sparseft.train.loop.train`.
         base_id: base model name for the diff's manifest (default: config._name_or_path).
         heads: module patterns trained densely and stored densely in the diff (default:

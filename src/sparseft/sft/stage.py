@@ -5,7 +5,7 @@ merged model in the run context (a following `save` stage writes it as a plain c
     stages:
       - name: finetune
         method: sft
-        mask: fisher            # random | magnitude | fisher | lottery | regrow | spiel_ag | spiel_ma
+        mask: fisher            # random | magnitude | fisher | lottery | regrow | spiel_ag | spiel_ma | snr
         density: 0.01           # or count: 100000, or match_lora_rank: 8
         allocation: global      # or per_tensor
         dense_parts: bias,norm  # optional: BitFit-style dense biases / norms, counted in the budget
@@ -46,7 +46,8 @@ class SFTConfig(TrainConfig):
     """TrainConfig fields plus the mask. Args:
         lr: peak learning rate; the default is sparse fine-tuning's (DEFAULT_LR["sft"],
             sparseft/train/defaults.py).
-        mask: registered mask method (random, magnitude, fisher, lottery, regrow, spiel_ag, spiel_ma).
+        mask: registered mask method (random, magnitude, fisher, lottery, regrow, spiel_ag, spiel_ma,
+            snr).
         density / count / match_lora_rank: the budget (at most one; default density 0.01).
         allocation: "global" or "per_tensor".
         targets / ignore: module patterns (None: the mask config's defaults, Linear minus heads).
@@ -55,7 +56,8 @@ class SFTConfig(TrainConfig):
             budget: "" (none), "bias", "norm" or "bias,norm" (BitFit-style; sft/dense_parts.py).
         head_warmup_steps: train only the heads for this many steps before the mask is selected
             (a linear probe; 0 = off; None = 300 when the model has a task head, else 0;
-            train/head_warmup.py). head_warmup_lr: its AdamW rate.
+            train/head_warmup.py).
+        head_warmup_lr: AdamW learning rate of the head warm-up.
         mask_options: extra fields of the mask method's config, e.g. {n_batches: 64}.
         diff_dir: where the diff is written (default <run dir>/diff).
     """

@@ -51,9 +51,10 @@ class LoRAStageConfig(TrainConfig):
         dropout: LoRA dropout.
         targets / ignore: modules that get adapters (module class names, fqn suffixes, "re:...").
         heads: modules trained densely (new task heads), saved with the adapter.
-        head_warmup_steps / head_warmup_lr: train only the heads for this many steps (AdamW at this
-            lr) before the adapter is added, as sparse fine-tuning does (0 = off; None = 300 when the
-            model has a task head, else 0; train/head_warmup.py).
+        head_warmup_steps: train only the heads for this many steps before the adapter is added,
+            as sparse fine-tuning does (0 = off; None = 300 when the model has a task head, else 0;
+            train/head_warmup.py).
+        head_warmup_lr: AdamW learning rate of the head warm-up.
         merge: merge the adapter into the model after training.
         adapter_dir: where the adapter is written (default <stage dir>/adapter).
     """
