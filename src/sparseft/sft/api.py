@@ -55,7 +55,7 @@ from sparseft.train.checkpoint import (CheckpointError, checkpoint_dir, has_chec
 from sparseft.train.config import TrainConfig
 from sparseft.train.defaults import HEAD_WARMUP_LR
 from sparseft.train.identity import build_identity, check_resume
-from sparseft.train.head_warmup import dense_head_parameters, warm_up_heads_, warmup_steps_data
+from sparseft.train.head_warmup import dense_head_parameters, warm_up_heads_, warmup_steps, warmup_steps_data
 from sparseft.train.loop import (EvalFn, LossFn, TrainResult, default_loss, epoch_batches, selection_batches,
                                  train)
 from sparseft.utils.dist import local_device, rank, world_size
@@ -67,7 +67,8 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                     mask_cfg: MaskConfig, *, collate_fn, eval_fn: EvalFn | None = None,
                     metric: tuple[str, bool] = ("loss", False), loss_fn: LossFn | None = None,
                     base_id: str = "", heads: Sequence[str] | None = None,
-                    dense_parts: Sequence[str] = (), head_warmup_steps: int = 0, head_warmup_lr: float = HEAD_WARMUP_LR,
+                    dense_parts: Sequence[str] = (), head_warmup_steps: int | None = 0,
+                    head_warmup_lr: float = HEAD_WARMUP_LR,
                     inputs: dict | None = None) -> tuple[TrainResult, SparseDiff]:
     """Sparse fine-tuning of `model` in place; returns (TrainResult, SparseDiff).
 
@@ -85,7 +86,8 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
             their count is taken from the mask's budget, and the diff stores them with their base
             values (sft/dense_parts.py).
         head_warmup_steps / head_warmup_lr: train only the heads for this many steps (AdamW at
-            this lr) before the mask is selected; the probed heads are kept (sft/head_warmup.py).
+            this lr) before the mask is selected; the probed heads are kept. None: the stages'
+            default, 300 when there is a head, else 0 (train/head_warmup.py).
 
     Example:
         >>> result, diff = sparse_finetune(model, data.train, TrainConfig(output_dir="runs/sft"),
@@ -100,6 +102,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
     head_params = dense_head_parameters(model, heads)
     parts = parts_mod.dense_part_parameters(model, list(dense_parts), skip=set(head_params))
     n_parts = sum(p.numel() for p in parts.values())
+    head_warmup_steps = warmup_steps(head_warmup_steps, head_params)
     mask_cfg = parts_mod.reduce_budget(model, mask_cfg, n_parts)
     inputs = dict(inputs or {})
     inputs["config"] = {**inputs.get("config", {}), "mask": mask_cfg.to_dict(), "heads": heads,

@@ -34,7 +34,7 @@ from sparseft.sft.api import sparse_finetune
 from sparseft.sft.dense_parts import parse_dense_parts
 from sparseft.train.config import TrainConfig, best_metric_for
 from sparseft.train.defaults import DEFAULT_LR, HEAD_WARMUP_LR
-from sparseft.train.head_warmup import check_head_warmup, dense_head_parameters, warmup_steps
+from sparseft.train.head_warmup import check_head_warmup
 from sparseft.train.identity import recipe_inputs
 from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import dir_size_bytes
@@ -108,8 +108,7 @@ def sft_stage(ctx, cfg: SFTConfig, name: str) -> None:
         ctx.model, data.train, train_cfg, cfg.mask_config(), collate_fn=PadCollator(ctx.pad_id),
         eval_fn=eval_fn if data.eval else None, metric=best_metric_for(data.task, cfg.metric_for_best),
         base_id=ctx.recipe.model, heads=cfg.heads, dense_parts=parse_dense_parts(cfg.dense_parts),
-        head_warmup_steps=warmup_steps(cfg.head_warmup_steps, dense_head_parameters(ctx.model, cfg.heads)),
-        head_warmup_lr=cfg.head_warmup_lr, inputs=recipe_inputs(ctx.recipe, cfg))
+        head_warmup_steps=cfg.head_warmup_steps, head_warmup_lr=cfg.head_warmup_lr, inputs=recipe_inputs(ctx.recipe, cfg))
     diff.manifest.update({"task": data.task, "labels": data.labels or None, "data": ctx.recipe.data.to_dict()})
     diff_dir = Path(cfg.diff_dir or ctx.output_dir / "diff")
     main = is_main_process()
