@@ -55,7 +55,7 @@ from sparseft.train.checkpoint import (CheckpointError, checkpoint_dir, has_chec
 from sparseft.train.config import TrainConfig
 from sparseft.train.defaults import HEAD_WARMUP_LR
 from sparseft.train.identity import build_identity, check_resume
-from sparseft.train.head_warmup import dense_head_parameters, warm_up_heads_, warmup_steps, warmup_steps_data
+from sparseft.train.head_warmup import dense_head_parameters, head_warmup_, warmup_steps
 from sparseft.train.loop import (EvalFn, LossFn, TrainResult, default_loss, epoch_batches, selection_batches,
                                  train)
 from sparseft.utils.dist import local_device, rank, world_size
@@ -121,12 +121,9 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                      checkpoint_dir(out))
     picked = _resume_masks(out, mask_cfg) if resuming else None  # ({fqn: flat indices}, {fqn: shape})
     warmup = None
-    if picked is None:
-        if head_warmup_steps:  # the probe comes before selection: the mask sees a trained head
-            steps = warmup_steps_data(train_data, train_cfg, collate_fn, head_warmup_steps)
-            model.to(local_device())
-            warmup = warm_up_heads_(model, head_params, steps, lr=head_warmup_lr, loss_fn=loss_fn,
-                                    device=local_device())
+    if picked is None:  # the probe comes before selection: the mask sees a trained head
+        warmup = head_warmup_(model, head_params, train_data, train_cfg, collate_fn, steps=head_warmup_steps,
+                              lr=head_warmup_lr, loss_fn=loss_fn)
         picked = _select(model, train_data, train_cfg, mask_cfg, collate_fn, loss_fn)
         _save_masks(out, *picked, mask_cfg)
     selected, shapes = picked
@@ -173,7 +170,7 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
                 "dense_parts": list(dense_parts), "dense_part_params": n_parts,
                 **task_info(model)}
     if warmup:
-        manifest["head_warmup"] = {**warmup, "lr": head_warmup_lr}
+        manifest["head_warmup"] = warmup
     if hooks:
         manifest["regrow_history"] = hooks[0].history
     diff = diff_from_layers(layers, head_params, manifest, parts_mod.full_entries_(parts, parts_base))

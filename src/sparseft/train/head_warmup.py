@@ -39,7 +39,7 @@ from sparseft.config.targets import TargetSpec, select_modules
 from sparseft.masks.fisher import to_device
 from sparseft.train.defaults import HEAD_WARMUP_STEPS
 from sparseft.train.loop import selection_batches
-from sparseft.utils.dist import world_size
+from sparseft.utils.dist import local_device, world_size
 
 
 def check_head_warmup(steps: int | None, lr: float) -> None:
@@ -72,7 +72,7 @@ def warm_up_heads_(model: torch.nn.Module, head_params: dict[str, torch.nn.Param
     if not head_params:
         raise ValueError("head warm-up: the model has no task head to warm up (heads match no module); "
                          "set head_warmup_steps=0")
-    check_head_warmup(1, lr)
+    check_head_warmup(None, lr)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     head_ids = {id(p) for p in head_params.values()}
     for p in model.parameters():
@@ -102,6 +102,18 @@ def warm_up_heads_(model: torch.nn.Module, head_params: dict[str, torch.nn.Param
     print(f"head warm-up: {len(losses)} steps on {sum(p.numel() for p in params):,} head weights, "
           f"loss {losses[0]:.4f} -> {losses[-1]:.4f}", file=sys.stderr, flush=True)
     return {"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def head_warmup_(model: torch.nn.Module, head_params: dict[str, torch.nn.Parameter], train_data: Sequence[dict],
+                 cfg, collate_fn, *, steps: int, lr: float, loss_fn: Callable) -> dict | None:
+    """The warm-up as the sft and lora stages run it: `steps` global batches of the loop's order,
+    on this process's device (the model is moved there). None when `steps` is 0."""
+    if not steps:
+        return None
+    model.to(local_device())
+    stats = warm_up_heads_(model, head_params, warmup_steps_data(train_data, cfg, collate_fn, steps), lr=lr,
+                           loss_fn=loss_fn, device=local_device())
+    return {**stats, "lr": lr}
 
 
 def dense_head_parameters(model: torch.nn.Module, heads: Sequence[str]) -> dict[str, torch.nn.Parameter]:

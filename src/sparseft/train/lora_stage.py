@@ -33,9 +33,8 @@ from sparseft.masks.config import DEFAULT_HEADS, DEFAULT_IGNORE
 from sparseft.registry import register_method
 from sparseft.train.config import TrainConfig, best_metric_for
 from sparseft.train.defaults import DEFAULT_LR, HEAD_WARMUP_LR
-from sparseft.train.head_warmup import (check_head_warmup, dense_head_parameters, warm_up_heads_, warmup_steps,
-                                       warmup_steps_data)
-from sparseft.utils.dist import is_main_process, local_device
+from sparseft.train.head_warmup import check_head_warmup, dense_head_parameters, head_warmup_, warmup_steps
+from sparseft.utils.dist import is_main_process
 from sparseft.utils.io import atomic_dir, dir_size_bytes
 
 
@@ -128,12 +127,10 @@ def lora_stage(ctx, cfg: LoRAStageConfig, name: str) -> None:
     targets = lora_targets(ctx.model, cfg)
     rank, matched = choose_rank(targets, cfg)
     heads = present_heads(ctx.model, cfg.heads)
-    warmup, head_params = None, dense_head_parameters(ctx.model, heads)
-    if n_warmup := warmup_steps(cfg.head_warmup_steps, head_params):  # probe the heads; modules_to_save copies them
-        steps = warmup_steps_data(data.train, cfg.train_config(), PadCollator(ctx.pad_id), n_warmup)
-        ctx.model.to(local_device())
-        warmup = warm_up_heads_(ctx.model, head_params, steps, lr=cfg.head_warmup_lr, loss_fn=default_loss,
-                                device=local_device())
+    head_params = dense_head_parameters(ctx.model, heads)  # probed first; modules_to_save copies them
+    warmup = head_warmup_(ctx.model, head_params, data.train, cfg.train_config(), PadCollator(ctx.pad_id),
+                          steps=warmup_steps(cfg.head_warmup_steps, head_params), lr=cfg.head_warmup_lr,
+                          loss_fn=default_loss)
     alpha = cfg.alpha if cfg.alpha is not None else 2.0 * rank
     peft_cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=cfg.dropout, bias="none",
                           target_modules=[fqn for fqn, _ in targets], modules_to_save=heads or None)
@@ -166,7 +163,7 @@ def lora_stage(ctx, cfg: LoRAStageConfig, name: str) -> None:
     if matched is not None:
         metrics["matched_count"] = matched
     if warmup:
-        metrics["head_warmup"] = {**warmup, "lr": cfg.head_warmup_lr}
+        metrics["head_warmup"] = warmup
     ctx.report.log(name, metrics)
 
 
