@@ -28,6 +28,7 @@ Data (all of it):
     python benchmarks/bench_headline.py --only 'conll:sft:*:r3' 'conll:lora:0.01' --record-name equal_count
     python benchmarks/bench_headline.py --only conll:full --record-name equal_count \
         --reuse benchmarks/results/headline_conll_equal_count-<stamp>.json     # add a row to a side record
+    python benchmarks/bench_headline.py --only 'banking:*:0.01' banking:full --record-name seed1 --seed 1
 
 Each row runs as its own process (its peak RSS is its own). The record
 benchmarks/results/headline_<task>-<stamp>.json is rewritten after every row (rows so far,
@@ -96,11 +97,13 @@ def run_dir(row: str, smoke: bool, group: str = "") -> Path:
     return RUNS / ("smoke" if smoke else "") / group / row.replace(":", "_")
 
 
-def command_for(row: str, smoke: bool, group: str = "") -> list[str]:
+def command_for(row: str, smoke: bool, group: str = "", seed: int | None = None) -> list[str]:
     task = row.split(":")[0]
     out = run_dir(row, smoke, group)
     cmd = ["sparseft", "train", *TASK_ARGS[task], *method_args(row), "--eval-every", "never", "--no-progress",
            "--no-cost", "-o", str(out.relative_to(ROOT)), "--overwrite"]
+    if seed is not None:  # another seed (data order, dropout, new heads); sparseft's default is 42
+        cmd += ["--seed", str(seed)]
     if smoke:
         # banking's file is sorted by label: a 64-record head would hold one class
         cmd += (["--train-limit", "64"] if task == "conll" else []) + ["--eval-limit", "64", "--max-steps", "3"]
@@ -112,10 +115,10 @@ def artifact_bytes(out: Path, kind: str) -> int:
     return sum(p.stat().st_size for p in out.glob(pattern) if p.is_file())
 
 
-def run_row(row: str, smoke: bool, group: str = "") -> dict:
+def run_row(row: str, smoke: bool, group: str = "", seed: int | None = None) -> dict:
     task, kind = row.split(":")[:2]
     out = run_dir(row, smoke, group)
-    cmd = command_for(row, smoke, group)
+    cmd = command_for(row, smoke, group, seed)
     exe = str(Path(sys.executable).with_name("sparseft"))
     t0 = time.perf_counter()
     proc = subprocess.run([exe, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
@@ -191,7 +194,11 @@ def main() -> int:
     p.add_argument("--record-name", default="", help="a side record headline_<task>_<NAME> (its own BENCHMARKS.md "
                    "section and run folders benchmarks/runs/headline/<NAME>/): rows re-measured on another "
                    "machine beside new ones, without mixing machines in the main record")
+    p.add_argument("--seed", type=int, help="run the rows with this seed instead of sparseft's default (42); "
+                   "needs --record-name, so the runs get folders and a record of their own")
     args = p.parse_args()
+    if args.seed is not None and not args.record_name:
+        p.error("--seed needs --record-name (a side record and folders of its own for the other seed)")
     if args.record_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.record_name):
         p.error(f"--record-name {args.record_name!r}: letters, digits, '_', '.', '-' only (it names a file and a folder)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -200,7 +207,7 @@ def main() -> int:
     if args.list or not any(selected.values()):
         listed = [r for t in TASK_ARGS for r in selected[t]] or [r for t in TASK_ARGS for r in rows_of(t)]
         for r in listed:
-            print(f"{r}\n    {shlex.join(command_for(r, args.smoke, args.record_name))}")
+            print(f"{r}\n    {shlex.join(command_for(r, args.smoke, args.record_name, args.seed))}")
         return 0 if args.list else 2
     reused = json.loads(args.reuse.read_text()) if args.reuse else None
     from sparseft.utils.env import describe_environment
@@ -223,7 +230,7 @@ def main() -> int:
         path = dest / f"{name}-{stamp}.json"
         done: list[dict] = []
         for row in todo:
-            rec = run_row(row, args.smoke, args.record_name)
+            rec = run_row(row, args.smoke, args.record_name, args.seed)
             failed |= "error" in rec
             done.append(rec)
             print(json.dumps(rec), flush=True)
@@ -231,7 +238,7 @@ def main() -> int:
             record = {"experiment": name, "date": stamp, "env": env, "hardware": hardware,
                       "command": "python benchmarks/bench_headline.py " + shlex.join(sys.argv[1:]),
                       "data_subset": "no subset: the whole training set (split: bench_headline.py's docstring)",
-                      "smoke": args.smoke,
+                      "smoke": args.smoke, "seed": 42 if args.seed is None else args.seed,
                       "complete": len(done) == len(todo) and not any("error" in r for r in rows), "runs_done": len(old) + len(done),
                       "runs_planned": len(old) + len(todo), "rows": rows, "targets": targets(task, rows)}
             if reused:

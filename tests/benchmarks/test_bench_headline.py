@@ -88,3 +88,12 @@ def test_reuse_takes_only_a_record_of_the_same_name(tmp_path, monkeypatch, capsy
                                       "--reuse", str(old)])
     assert bench.main() == 2
     assert "not headline_conll_head_warmup" in capsys.readouterr().err
+
+
+def test_another_seed_is_a_flag_on_every_row_and_needs_its_own_record(monkeypatch):
+    bench = _bench()
+    cmd = bench.command_for("banking:sft:fisher:0.01", smoke=False, group="seed1", seed=1)
+    assert cmd[cmd.index("--seed") + 1] == "1" and "--seed" not in bench.command_for("banking:full", False)
+    monkeypatch.setattr(sys, "argv", ["bench_headline.py", "--only", "banking:full", "--seed", "1"])
+    with pytest.raises(SystemExit):
+        bench.main()
