@@ -116,3 +116,31 @@ def test_the_stages_warm_up_by_default_only_where_there_is_a_head(tiny_bert_dir,
                                 "data": {"task": "ner", "train": str(train), "eval": str(dev), "max_length": 32},
                                 "stages": [stage]}), print_report=False)
     assert ctx.report.sections["finetune"]["head_warmup"]["steps"] == HEAD_WARMUP_STEPS
+
+
+def test_a_killed_run_with_warm_up_resumes_bit_exactly(data, tiny_bert_dir, tiny_tokenizer, tmp_path):
+    """The probe runs again on resume (deterministic), so the loop's identity, which hashes the
+    initial trainable weights (the probed head among them), matches the checkpoint's."""
+    cfg = mask_config("fisher", density=0.05, n_batches=2)
+
+    def run(out, crash_at=None):
+        model = ner_model(tiny_bert_dir, data.labels)
+        calls = {"n": 0}
+
+        def loss_fn(m, batch):
+            calls["n"] += 1
+            if crash_at and calls["n"] == crash_at:
+                raise KeyboardInterrupt("simulated kill")
+            return m(**batch).loss
+
+        tc = train_cfg(out, max_steps=8, resume=True, save_every=3)
+        return sparse_finetune(model, data.train, tc, cfg, collate_fn=collate(tiny_tokenizer), loss_fn=loss_fn,
+                               head_warmup_steps=5, head_warmup_lr=1e-2)[1]
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", crash_at=5 + 2 + 5)            # warm-up, selection, then in training step 5
+    resumed = run(tmp_path / "b")
+    assert set(resumed.indices) == set(straight.indices)
+    assert all(torch.equal(resumed.values[n], straight.values[n]) for n in straight.values)
+    assert all(torch.equal(resumed.dense[n], straight.dense[n]) for n in straight.dense)

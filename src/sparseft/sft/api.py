@@ -119,11 +119,12 @@ def sparse_finetune(model: torch.nn.Module, train_data: Sequence[dict], train_cf
         saved = read_checkpoint_state(out)
         check_resume(saved.get("identity"), build_identity(None, train_data, train_cfg.to_dict(), inputs),
                      checkpoint_dir(out))
+    # the head probe comes before selection (the mask sees a trained head), and runs again on a
+    # resume: it is deterministic, and the loop's run identity hashes the probed head
+    warmup = head_warmup_(model, head_params, train_data, train_cfg, collate_fn, steps=head_warmup_steps,
+                          lr=head_warmup_lr, loss_fn=loss_fn)
     picked = _resume_masks(out, mask_cfg) if resuming else None  # ({fqn: flat indices}, {fqn: shape})
-    warmup = None
-    if picked is None:  # the probe comes before selection: the mask sees a trained head
-        warmup = head_warmup_(model, head_params, train_data, train_cfg, collate_fn, steps=head_warmup_steps,
-                              lr=head_warmup_lr, loss_fn=loss_fn)
+    if picked is None:
         picked = _select(model, train_data, train_cfg, mask_cfg, collate_fn, loss_fn)
         _save_masks(out, *picked, mask_cfg)
     selected, shapes = picked
