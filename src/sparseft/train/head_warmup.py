@@ -25,7 +25,8 @@ inference plus the head's optimizer state, so sparse fine-tuning stays O(k).
 Every process runs the same steps, the first `steps` *global* batches of the loop's epoch-0 order
 (each the mean of the per-process batches' losses, as a data-parallel step averages them), so N
 processes warm up the head exactly as one process with N times the batch, and the heads agree
-without a broadcast.
+without a broadcast. The probe is deterministic (eval mode, fixed batches), so a resumed run
+repeats it and starts from the same head, which the loop's run identity checks.
 """
 
 from __future__ import annotations
