@@ -41,6 +41,20 @@ def collate(tokenizer) -> PadCollator:
     return PadCollator(tokenizer.pad_token_id)
 
 
+def killing_loss(crash_at: int | None = None):
+    """`model(**batch).loss`, raising KeyboardInterrupt (a simulated kill) on call number `crash_at`
+    (every call counts: warm-up, mask selection and training steps)."""
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        if crash_at and calls["n"] == crash_at:
+            raise KeyboardInterrupt("simulated kill")
+        return m(**batch).loss
+
+    return loss_fn
+
+
 def weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sft_toys import collate, ner_data, ner_model, train_cfg, weights, write_ner_files
+from sft_toys import collate, killing_loss, ner_data, ner_model, train_cfg, weights, write_ner_files
 from sparseft.masks.select import mask_config
 from sparseft.sft import sparse_finetune
 from sparseft.sft.api import MASKS_FILE
@@ -31,14 +31,7 @@ def datasets(tiny_tokenizer, tmp_path_factory):
 
 def _run(data, model_dir, tokenizer, out, cfg, crash_at=None, **kw):
     model = ner_model(model_dir, data.labels)
-    calls = {"n": 0}
-
-    def loss_fn(m, batch):
-        calls["n"] += 1
-        if crash_at and calls["n"] == crash_at:
-            raise KeyboardInterrupt("simulated kill")
-        return m(**batch).loss
-
+    loss_fn = killing_loss(crash_at)
     tc = train_cfg(out, **{"max_steps": 8, "resume": True, "save_every": 3, **kw})
     result, diff = sparse_finetune(model, data.train, tc, cfg, collate_fn=collate(tokenizer), loss_fn=loss_fn)
     return model, diff, result

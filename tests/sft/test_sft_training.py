@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sft_toys import collate, ner_data, ner_model, train_cfg, weights, write_cls_file, write_ner_files
+from sft_toys import collate, killing_loss, ner_data, ner_model, train_cfg, weights, write_cls_file, write_ner_files
 from sparseft.masks.select import mask_config, select_masks
 from sparseft.sft import sparse_finetune
 from sparseft.sft.layer import SparseDelta, merge_sparse_, sparsify_
@@ -99,13 +99,7 @@ def test_resume_restores_values(data, tiny_bert_dir, tiny_tokenizer, tmp_path):
 
     def run(out, crash_at=None):
         model = ner_model(tiny_bert_dir, data.labels)
-        calls = {"n": 0}
-
-        def loss_fn(m, batch):
-            calls["n"] += 1
-            if crash_at and calls["n"] == crash_at:
-                raise KeyboardInterrupt("simulated kill")
-            return m(**batch).loss
+        loss_fn = killing_loss(crash_at)
 
         tc = train_cfg(out, max_steps=6, resume=True)  # 3 steps per epoch: a checkpoint at step 3
         result, diff = sparse_finetune(model, data.train, tc, cfg, collate_fn=collate(tiny_tokenizer),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft_toys import collate, ner_data, ner_model, train_cfg, weights, write_ner_files
+from sft_toys import collate, killing_loss, ner_data, ner_model, train_cfg, weights, write_ner_files
 from sparseft.masks.select import mask_config, select_masks
 from sparseft.sft import sparse_finetune
 from sparseft.train.defaults import HEAD_WARMUP_STEPS
@@ -125,13 +125,7 @@ def test_a_killed_run_with_warm_up_resumes_bit_exactly(data, tiny_bert_dir, tiny
 
     def run(out, crash_at=None):
         model = ner_model(tiny_bert_dir, data.labels)
-        calls = {"n": 0}
-
-        def loss_fn(m, batch):
-            calls["n"] += 1
-            if crash_at and calls["n"] == crash_at:
-                raise KeyboardInterrupt("simulated kill")
-            return m(**batch).loss
+        loss_fn = killing_loss(crash_at)
 
         tc = train_cfg(out, max_steps=8, resume=True, save_every=3)
         return sparse_finetune(model, data.train, tc, cfg, collate_fn=collate(tiny_tokenizer), loss_fn=loss_fn,
